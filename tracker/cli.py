@@ -1,0 +1,103 @@
+"""The `job-tracker` command line: a thin layer over the daemon and the store."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from tracker import __version__, store
+from tracker.config import DEFAULT_BROKER, DEFAULT_DATABASE, ListenSettings
+from tracker.log import configure_logging
+
+database_option = click.option(
+    "--database", "database_url", envvar="DATABASE_URL", default=DEFAULT_DATABASE,
+    show_default=True, show_envvar=True, help="PostgreSQL URL (password never logged).",
+)  # fmt: skip
+
+
+def fail(message: str) -> None:
+    """Print one clear line on stderr and exit 1."""
+    click.echo(f"job-tracker: error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="job-tracker")
+@click.option("--log-level", envvar="JOB_TRACKER_LOG_LEVEL", default="INFO", show_default=True,
+              show_envvar=True, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+              case_sensitive=False), help="Log level.")  # fmt: skip
+@click.option("--log-json/--log-console", envvar="JOB_TRACKER_LOG_JSON", default=None,
+              show_envvar=True,
+              help="JSON log lines (default: when stderr is not a TTY).")  # fmt: skip
+def main(log_level: str, log_json: bool | None) -> None:
+    """Durable job tracking for Celery: events in, job rows in PostgreSQL out."""
+    configure_logging(log_level, log_json)
+
+
+@main.command("schema")
+def schema_command() -> None:
+    """Print schema.sql (the public schema contract)."""
+    click.echo(store.schema_sql(), nl=False)
+
+
+@main.command("init-db")
+@database_option
+@click.option("--create/--no-create", default=True, show_default=True,
+              help="Create the database when it does not exist (needs CREATEDB).")  # fmt: skip
+def init_db_command(database_url: str, create: bool) -> None:
+    """Create the database if allowed and apply schema.sql idempotently."""
+    try:
+        if create and store.ensure_database(database_url):
+            click.echo(f"created database {store.safe_url(database_url)}")
+        engine = store.create_engine(database_url)
+        version = store.apply_schema(engine)
+        engine.dispose()
+    except store.StoreError as exc:
+        fail(str(exc))
+    click.echo(f"schema version {version} applied to {store.safe_url(database_url)}")
+
+
+def _split_queues(_ctx: Any, _param: Any, value: tuple[str, ...]) -> frozenset[str]:
+    """Accept repeated options and comma lists (from the environment variable)."""
+    return frozenset(q.strip() for item in value for q in item.split(",") if q.strip())
+
+
+@main.command("listen")
+@click.option("--broker", "broker_url", envvar="CELERY_BROKER_URL", default=DEFAULT_BROKER,
+              show_default=True, show_envvar=True, help="Celery broker URL.")  # fmt: skip
+@click.option("--app", envvar="CELERY_APP", show_envvar=True,
+              help="Celery app (as for `celery -A`); its broker settings are used.")  # fmt: skip
+@database_option
+@click.option("--remote-queue", "remote_queues", multiple=True, callback=_split_queues,
+              envvar="JOB_TRACKER_REMOTE_QUEUES", show_envvar=True,
+              help="Queue served by remote workers (repeatable; env: comma list). Jobs sent "
+                   "there are WAITING_FOR_REMOTE_WORKER until a worker receives them.")  # fmt: skip
+@click.option("--queue", envvar="JOB_TRACKER_QUEUE", show_envvar=True,
+              help="AMQP only: consume from this durable queue and acknowledge after commit "
+                   "(at-least-once). Default: a private auto-delete queue.")  # fmt: skip
+@click.option("--batch-size", envvar="JOB_TRACKER_BATCH_SIZE", default=2000, show_default=True,
+              show_envvar=True, type=click.IntRange(1, 100_000),
+              help="Most events written in one transaction.")  # fmt: skip
+@click.option("--flush-interval", envvar="JOB_TRACKER_FLUSH_INTERVAL", default=0.1,
+              show_default=True, show_envvar=True, type=click.FloatRange(0.001, 10),
+              help="Seconds an event may wait for its batch to fill.")  # fmt: skip
+@click.option("--prefetch", envvar="JOB_TRACKER_PREFETCH", default=4000, show_default=True,
+              show_envvar=True, type=click.IntRange(1, 65_535),
+              help="AMQP unacknowledged messages in flight (with --queue).")  # fmt: skip
+@click.option("--stats-interval", envvar="JOB_TRACKER_STATS_INTERVAL", default=30.0,
+              show_default=True, show_envvar=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds between summary log lines.")  # fmt: skip
+def listen_command(**options: Any) -> None:
+    """Track Celery events into PostgreSQL until SIGTERM/SIGINT (flushes, exits 0)."""
+    from tracker.daemon import listen
+
+    try:
+        settings = ListenSettings(**options)
+    except ValueError as exc:
+        fail(str(exc).splitlines()[0])
+    try:
+        sys.exit(listen(settings))
+    except store.SchemaError as exc:
+        fail(str(exc))

@@ -1,0 +1,294 @@
+"""The writer thread: decodes, maps and batches events, and commits them to PostgreSQL.
+
+The intake thread only hands raw message bodies over (`Envelope`), so reading
+from the broker never waits on the database. A batch is committed in one round
+trip; a failed batch is retried with backoff until it commits (never dropped),
+and a batch PostgreSQL refuses is split until the refused event is isolated and
+kept in `job_tracker_dead_events`. Broker tokens are acknowledged only after the
+commit that holds their events.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from tracker import store
+from tracker.batch import Batch, batch_of
+from tracker.config import ListenSettings
+from tracker.events import Body, decode_message
+from tracker.log import get_logger
+from tracker.mapping import MappingContext, map_event
+from tracker.workers import WorkerWatch
+
+log = get_logger("writer")
+
+JSON_TYPES = frozenset({None, "", "application/json"})
+MAX_BACKOFF = 5.0
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One broker message as the intake received it."""
+
+    body: Body
+    received_at: float
+    content_type: str | None = "application/json"
+    token: Any = None  # acknowledged through `on_committed` once its events are stored
+
+
+STOP = object()  # put into the inbox to make the writer flush and finish
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running totals, reported in the periodic summary and the liveness row."""
+
+    messages: int = 0
+    events: int = 0
+    events_applied: int = 0
+    skipped: int = 0
+    dead: int = 0
+    batches: int = 0
+    jobs_written: int = 0
+    errors: int = 0
+    gaps: int = 0
+    spool_events: int = 0
+    last_event_at: datetime | None = None
+    lags: list[float] = field(default_factory=list)
+
+
+class Writer(threading.Thread):
+    """Consumes envelopes from `inbox` and writes them in batches."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ListenSettings,
+        inbox: queue.Queue[Any],
+        on_committed: Callable[[list[Any]], None],
+        counters: Counters | None = None,
+    ) -> None:
+        super().__init__(name="job-tracker-writer", daemon=True)
+        self.engine = engine
+        self.settings = settings
+        self.inbox = inbox
+        self.on_committed = on_committed
+        self.counters = counters or Counters()
+        self.context = MappingContext(remote_queues=settings.remote_queues)
+        self.workers = WorkerWatch(warn_after=settings.no_task_events_warning)
+        self.instance = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.started_at = datetime.now(UTC)
+        self.batch = Batch()
+        self.stop_deadline: float | None = None
+        self.finished = threading.Event()
+        self._next_stats = time.monotonic() + settings.stats_interval
+        self._next_heartbeat = time.monotonic()
+        self._window_start = time.monotonic()
+        self._window_events = 0
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> None:
+        """Take envelopes until STOP, flushing on size or age; flush at the end."""
+        try:
+            while True:
+                item = self._next_item()
+                if item is STOP:
+                    break
+                if item is not None:
+                    self.take(item)
+                if self._flush_due():
+                    self.flush()
+                self._periodic()
+            self.flush()
+        finally:
+            self.finished.set()
+
+    def _next_item(self) -> Any:
+        """The next envelope, or None when it is time to flush or report."""
+        try:
+            return self.inbox.get(timeout=self._wait_time())
+        except queue.Empty:
+            return None
+
+    def _wait_time(self) -> float:
+        """How long to wait for input before the open batch must be flushed."""
+        if self.batch.opened_at is None:
+            return min(1.0, self.settings.heartbeat_interval)
+        age = time.monotonic() - self.batch.opened_at
+        return max(0.0, self.settings.flush_interval - age)
+
+    def _flush_due(self) -> bool:
+        """True when the open batch is full or old enough."""
+        if self.batch.empty or self.batch.opened_at is None:
+            return False
+        full = self.batch.size >= self.settings.batch_size
+        old = time.monotonic() - self.batch.opened_at >= self.settings.flush_interval
+        return full or old
+
+    # ------------------------------------------------------------ intake of one message
+
+    def take(self, envelope: Envelope) -> None:
+        """Decode one message and add its task events to the open batch."""
+        now = time.monotonic()
+        self.counters.messages += 1
+        if envelope.content_type not in JSON_TYPES:
+            self._skip(f"unsupported content type {str(envelope.content_type)[:80]!r}")
+        else:
+            decoded = decode_message(envelope.body, envelope.received_at)
+            for reason in decoded.errors:
+                self._skip(reason)
+            for event in decoded.events:
+                self.counters.events += 1
+                self.workers.observe(event, envelope.received_at)
+                if event.is_task_event:
+                    self._add_event(event, now)
+        if envelope.token is not None:
+            self.batch.note_token(envelope.token, now)
+
+    def _add_event(self, event: Any, now: float) -> None:
+        """Map one task event into the batch; a mapping bug skips the event, not the daemon."""
+        try:
+            mapped = map_event(event, self.context)
+        except Exception as exc:
+            log.exception("event_mapping_failed", event_type=event.type, job_id=event.uuid)
+            self._skip(f"mapping failed: {exc!r}"[:300])
+            return
+        self.batch.add(event, mapped, now)
+
+    def _skip(self, reason: str) -> None:
+        """Log and count a message or event that cannot be used."""
+        self.counters.skipped += 1
+        log.warning("event_skipped", reason=reason)
+
+    # ------------------------------------------------------------ writing
+
+    def flush(self) -> None:
+        """Commit the open batch (retrying until it commits), then acknowledge its tokens."""
+        batch, self.batch = self.batch, Batch()
+        if batch.empty:
+            return
+        if batch.items:
+            self._commit_retrying(batch)
+        self.on_committed(batch.tokens)
+
+    def _commit_retrying(self, batch: Batch) -> None:
+        """Write a batch; on a transient error wait and try again, indefinitely."""
+        delay = 0.1
+        while True:
+            try:
+                self._commit_isolating(batch)
+                return
+            except store.TransientStoreError as exc:
+                self.counters.errors += 1
+                log.error("batch_retry", error=str(exc), events=batch.size, retry_in=delay)
+                time.sleep(delay)
+                delay = min(MAX_BACKOFF, delay * 2)
+
+    def _commit_isolating(self, batch: Batch) -> None:
+        """Write a batch; if PostgreSQL refuses its data, split it to isolate the culprit."""
+        try:
+            store.apply_batch(self.engine, batch.sorted_jobs(), batch.history.values())
+        except store.BadDataError as exc:
+            if batch.size == 1:
+                self._keep_dead(batch, str(exc))
+                return
+            half = batch.size // 2
+            self._commit_isolating(batch_of(batch.items[:half]))
+            self._commit_isolating(batch_of(batch.items[half:]))
+            return
+        self._count_commit(batch)
+
+    def _keep_dead(self, batch: Batch, error: str) -> None:
+        """Store a refused event in job_tracker_dead_events and log it."""
+        event, _ = batch.items[0]
+        self.counters.dead += 1
+        self.counters.errors += 1
+        log.error("event_refused", error=error, event_type=event.type, job_id=event.uuid)
+        store.store_dead_events(self.engine, error, [dict(event.fields)])
+
+    def _count_commit(self, batch: Batch) -> None:
+        """Update counters and lag samples after a commit."""
+        now = time.time()
+        c = self.counters
+        c.batches += 1
+        c.events_applied += batch.size
+        c.jobs_written += len(batch.jobs)
+        c.last_event_at = datetime.now(UTC)
+        self._window_events += batch.size
+        c.lags.extend(now - event.timestamp for event, _ in batch.items[-200:])
+        if len(c.lags) > 20_000:
+            del c.lags[:10_000]
+        log.debug("batch_committed", events=batch.size, jobs=len(batch.jobs))
+
+    # ------------------------------------------------------------ periodic work
+
+    def _periodic(self) -> None:
+        """Summary log line, liveness row and the missing -E warning, when due."""
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.settings.stats_interval
+            self._log_summary(now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat_interval
+            self._heartbeat()
+            for host in self.workers.silent_workers(time.time()):
+                log.warning(
+                    "worker_without_task_events",
+                    worker=host,
+                    hint="start workers with -E (or run `celery control enable_events`); "
+                    "job-tracker only sees task-progress from this worker",
+                )
+
+    def _log_summary(self, now: float) -> None:
+        """The periodic summary: throughput, totals and lag percentiles."""
+        elapsed = max(1e-9, now - self._window_start)
+        lags = sorted(self.counters.lags)
+        self.counters.lags.clear()
+        log.info(
+            "summary",
+            events_per_s=round(self._window_events / elapsed, 1),
+            events_applied=self.counters.events_applied,
+            jobs_written=self.counters.jobs_written,
+            skipped=self.counters.skipped,
+            dead=self.counters.dead,
+            errors=self.counters.errors,
+            backlog=self.inbox.qsize(),
+            lag_p50_s=_percentile(lags, 0.5),
+            lag_p99_s=_percentile(lags, 0.99),
+        )
+        self._window_start, self._window_events = now, 0
+
+    def _heartbeat(self) -> None:
+        """Refresh this tracker's row in job_tracker_instances (best effort)."""
+        c = self.counters
+        counters = {
+            "last_event_at": c.last_event_at,
+            "events_applied": c.events_applied,
+            "errors": c.errors,
+            "gaps": c.gaps,
+            "spool_events": c.spool_events,
+        }
+        try:
+            store.record_heartbeat(
+                self.engine, self.instance, os.getpid(), self.started_at, counters
+            )
+        except store.StoreError as exc:
+            log.warning("heartbeat_failed", error=str(exc))
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile of sorted values, rounded to milliseconds."""
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(q * len(values)))], 3)
