@@ -22,7 +22,8 @@ app = Celery(
 )
 app.conf.update(
     task_send_sent_event=True,  # producers emit task-sent: jobs appear as soon as queued
-    worker_send_task_events=True,  # same as `worker -E`
+    # Same as `worker -E` (INGEST_NO_EVENTS=1 shows what happens when it is forgotten).
+    worker_send_task_events=not os.environ.get("INGEST_NO_EVENTS"),
     task_routes={"examples.ingest.embed": {"queue": "gpu"}},  # served by remote GPU workers
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,

@@ -57,8 +57,7 @@ class Proc:
         )  # fmt: skip
 
     def output(self) -> str:
-        """Everything the process printed so far."""
-        self._log.flush()
+        """Everything the process printed so far (it writes to the file directly)."""
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:

@@ -123,3 +123,69 @@ def test_start_line_masks_passwords(service_env: dict[str, str], tmp_path: Path)
         output = proc.output()
     assert "s3cret" not in output
     assert "postgresql://root:***@127.0.0.1:1/nowhere" in output
+
+
+def test_two_listeners_at_once_write_what_one_would(
+    service_env: dict[str, str], redis_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    args = job_tracker("listen", "--batch-size", "50", "--flush-interval", "0.01")
+    with (
+        running(args, service_env, tmp_path / "a.log") as first,
+        running(args, service_env, tmp_path / "b.log") as second,
+    ):
+        for proc in (first, second):
+            wait_for(lambda proc=proc: "consuming" in proc.output(), 30)
+        lives = [lc.LIFECYCLES[name]() for name in sorted(lc.LIFECYCLES) for _ in range(40)]
+        events = [e for life in lives for e in life.events]
+        for i in range(0, len(events), 40):
+            publish(redis_url, events[i : i + 40])
+        wait_for(lambda: scalar(engine, "SELECT count(*) FROM job_events") == len(events), 30)
+        for proc in (first, second):
+            wait_for(lambda proc=proc: '"events_applied": 0' not in proc.output(), 5)
+    from tests.test_merge import expected_row, stored_row
+
+    for life in lives:
+        assert stored_row(engine, life.id) == expected_row(lc.replay(life.events))
+    applied = [
+        e["events_applied"] for p in (first, second) for e in log_events(p)
+        if e["event"] == "listen_stopped"
+    ]  # fmt: skip
+    assert applied == [len(events), len(events)]  # both wrote everything, concurrently
+
+
+def test_app_option_takes_the_broker_from_the_celery_app(
+    service_env: dict[str, str], redis_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    # Celery itself lets CELERY_BROKER_URL override an app's broker, as `celery -A` does.
+    env = {k: v for k, v in service_env.items() if k != "CELERY_BROKER_URL"}
+    env["INGEST_BROKER_URL"] = redis_url
+    args = job_tracker("listen", "--app", "tests.apps:app")
+    with running(args, env, tmp_path / "listen.log") as proc:
+        wait_for(lambda: "consuming" in proc.output(), 30, what="listener consuming")
+        assert f'"broker": "{redis_url}"' in proc.output()
+        life = lc.success()
+        publish(redis_url, life.events)
+        wait_for(lambda: scalar(engine, "SELECT status FROM jobs WHERE id = :id", id=life.id)
+                 == "FINISHED", 10)  # fmt: skip
+
+
+def test_warns_about_workers_running_without_task_events(
+    service_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    from examples import ingest
+    from tests.helpers import celery_worker
+
+    args = job_tracker("listen", "--no-events-warning-after", "2")
+    worker_args = [a for a in celery_worker("examples.ingest", "quiet@%h") if a != "-E"]
+    env = dict(service_env, INGEST_NO_EVENTS="1")
+    with (
+        running(args, service_env, tmp_path / "listen.log") as proc,
+        running(worker_args, env, tmp_path / "worker.log") as worker,
+    ):
+        wait_for(lambda: "ready" in worker.output(), 60, what="worker ready")
+        ingest.app.conf.broker_url = redis_url
+        ingest.ocr.delay("doc", seconds=8)
+        warned = wait_for(lambda: [e for e in log_events(proc)
+                                   if e["event"] == "worker_without_task_events"], 20)  # fmt: skip
+        assert warned[0]["worker"].startswith("quiet@")
+        assert "-E" in warned[0]["hint"]

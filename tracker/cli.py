@@ -89,6 +89,11 @@ def _split_queues(_ctx: Any, _param: Any, value: tuple[str, ...]) -> frozenset[s
 @click.option("--stats-interval", envvar="JOB_TRACKER_STATS_INTERVAL", default=30.0,
               show_default=True, show_envvar=True, type=click.FloatRange(0.1, 3600),
               help="Seconds between summary log lines.")  # fmt: skip
+@click.option("--no-events-warning-after", "no_task_events_warning",
+              envvar="JOB_TRACKER_NO_EVENTS_WARNING", default=60.0, show_default=True,
+              show_envvar=True, type=click.FloatRange(0.5, 86_400),
+              help="Warn when a busy worker sends no task events for this many seconds "
+                   "(it runs without -E).")  # fmt: skip
 def listen_command(**options: Any) -> None:
     """Track Celery events into PostgreSQL until SIGTERM/SIGINT (flushes, exits 0)."""
     from tracker.daemon import listen
