@@ -90,6 +90,11 @@ def running(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[Pr
             proc._log.close()
 
 
+def wait_consuming(proc: Proc, timeout: float = 30.0) -> None:
+    """Wait until a `job-tracker listen` process has subscribed to the event exchange."""
+    wait_for(lambda: '"consuming"' in proc.output(), timeout, what="listener consuming")
+
+
 def job_tracker(*args: str) -> list[str]:
     """The argv of the installed job-tracker console script."""
     return [str(BIN / "job-tracker"), *args]

@@ -11,7 +11,15 @@ import pytest
 import sqlalchemy as sa
 
 from examples import ingest
-from tests.helpers import Proc, celery_worker, fetch_all, job_tracker, running, wait_for
+from tests.helpers import (
+    Proc,
+    celery_worker,
+    fetch_all,
+    job_tracker,
+    running,
+    wait_consuming,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 TERMINAL = ("FINISHED", "FAILED", "CANCELLED")
@@ -23,7 +31,7 @@ def stack(service_env: dict[str, str], redis_url: str, tmp_path: Path) -> Iterat
     ingest.app.conf.broker_url = redis_url
     listen_args = job_tracker("listen", "--remote-queue", "gpu", "--stats-interval", "1")
     with running(listen_args, service_env, tmp_path / "listen.log") as listener:
-        wait_for(lambda: "consuming" in listener.output(), 30, what="listener consuming")
+        wait_consuming(listener)
         worker_args = celery_worker("examples.ingest", f"e2e-{tmp_path.name}@%h")
         with running(worker_args, service_env, tmp_path / "worker.log") as worker:
             wait_for(lambda: "ready" in worker.output(), 60, what="worker ready")
