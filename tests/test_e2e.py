@@ -129,7 +129,7 @@ def test_revoke_running_task_with_terminate_and_expiry(stack: Proc, engine: sa.E
     assert cancelled["summary"] == "Terminated (signal 15)"
     assert cancelled["end_date"] is not None
     late = ingest.extract.apply_async(
-        kwargs={"document_id": "d", "document_name": "n", "document_type": "pdf"},
+        kwargs={"document_id": "d", "document_name": "n", "document_type": "pdf", "user_id": "u"},
         countdown=2,
         expires=1,
     )
