@@ -102,6 +102,7 @@ def service_env(db_url: str, redis_url: str, tmp_path: Path) -> dict[str, str]:
         DATABASE_URL=db_url,
         PYTHONPATH=str(Path(__file__).resolve().parent.parent),
         JOB_TRACKER_LOG_JSON="true",
+        JOB_TRACKER_SPOOL_DIR=str(tmp_path / "spool"),
         PYTHONUNBUFFERED="1",
     )
     return env

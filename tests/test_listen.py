@@ -130,8 +130,12 @@ def test_two_listeners_at_once_write_what_one_would(
 ) -> None:
     args = job_tracker("listen", "--batch-size", "50", "--flush-interval", "0.01")
     with (
-        running(args, service_env, tmp_path / "a.log") as first,
-        running(args, service_env, tmp_path / "b.log") as second,
+        running(
+            [*args, "--spool-dir", str(tmp_path / "a")], service_env, tmp_path / "a.log"
+        ) as first,
+        running(
+            [*args, "--spool-dir", str(tmp_path / "b")], service_env, tmp_path / "b.log"
+        ) as second,
     ):
         wait_consuming(first)
         wait_consuming(second)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -94,15 +95,37 @@ def _split_queues(_ctx: Any, _param: Any, value: tuple[str, ...]) -> frozenset[s
               show_envvar=True, type=click.FloatRange(0.5, 86_400),
               help="Warn when a busy worker sends no task events for this many seconds "
                    "(it runs without -E).")  # fmt: skip
+@click.option("--spool-dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="JOB_TRACKER_SPOOL_DIR", show_envvar=True,
+              help="Where events wait on disk while PostgreSQL is away or slow [default: "
+                   "$XDG_DATA_HOME/job-tracker/spool]. One tracker per directory.")  # fmt: skip
+@click.option("--buffer-messages", envvar="JOB_TRACKER_BUFFER_MESSAGES", default=20_000,
+              show_default=True, show_envvar=True, type=click.IntRange(10, 10_000_000),
+              help="Messages held in memory before spilling to the spool.")  # fmt: skip
+@click.option("--result-backend", envvar="CELERY_RESULT_BACKEND", show_envvar=True,
+              help="Celery result backend used to repair jobs after an event gap or a "
+                   "restart (default: the --app's backend, if any).")  # fmt: skip
+@click.option("--reconcile-lookback-hours", envvar="JOB_TRACKER_RECONCILE_LOOKBACK_HOURS",
+              default=24.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(0.01, 24 * 365),
+              help="Non-terminal jobs started this recently are checked in the result "
+                   "backend after a gap or restart.")  # fmt: skip
 def listen_command(**options: Any) -> None:
     """Track Celery events into PostgreSQL until SIGTERM/SIGINT (flushes, exits 0)."""
     from tracker.daemon import listen
+    from tracker.spool import SpoolLockedError
 
+    if options.get("spool_dir") is None:
+        options.pop("spool_dir", None)
     try:
         settings = ListenSettings(**options)
     except ValueError as exc:
         fail(str(exc).splitlines()[0])
     try:
         sys.exit(listen(settings))
-    except store.SchemaError as exc:
+    except (store.SchemaError, SpoolLockedError, OSError) as exc:
         fail(str(exc))
+
+
+# The query and control commands (jobs, show, watch, active, stats, cancel, cleanup).
+from tracker import cli_query  # noqa: E402,F401

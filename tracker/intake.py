@@ -22,8 +22,10 @@ from kombu.entity import Queue
 from kombu.messaging import Consumer
 
 from tracker.config import ListenSettings, mask_broker_url
+from tracker.envelope import Envelope
 from tracker.log import get_logger
-from tracker.writer import STOP, Counters, Envelope
+from tracker.spool import Spool
+from tracker.writer import Counters
 
 log = get_logger("intake")
 
@@ -69,12 +71,14 @@ class Intake:
         settings: ListenSettings,
         inbox: queue.Queue[Any],
         counters: Counters,
+        spool: Spool | None = None,
         on_gap: Callable[[float, float], None] | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.inbox = inbox
         self.counters = counters
+        self.spool = spool
         self.on_gap = on_gap
         self.acks: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         self.manual_ack = settings.queue is not None
@@ -96,7 +100,26 @@ class Intake:
 
     # ------------------------------------------------------------ lifecycle
 
-    def run(self, stop: threading.Event, writer_done: threading.Event) -> None:
+    def deliver(self, envelope: Envelope) -> None:
+        """Hand a message without broker token to the writer, never blocking (thread-safe).
+
+        When the in-memory inbox is full, or the spool already holds older messages,
+        it goes to the on-disk spool: reading from Redis must never wait for PostgreSQL.
+        """
+        if self.spool is None:
+            self.inbox.put(envelope)
+            return
+        if not self.spool.active:
+            try:
+                self.inbox.put_nowait(envelope)
+                return
+            except queue.Full:
+                log.warning("spooling", reason="in-memory buffer full",
+                            spool_dir=str(self.spool.directory))  # fmt: skip
+        self.spool.append(envelope)
+        self.counters.spool_events = self.spool.pending
+
+    def run(self, stop: threading.Event, writer: Any) -> None:
         """Consume until `stop` is set, then let the writer flush and acknowledge the rest."""
         self._connect_retrying(stop, gap_started=None)
         while not stop.is_set():
@@ -107,7 +130,7 @@ class Intake:
                 log.error("broker_connection_lost", broker=self.broker, error=repr(exc)[:300])
                 self._close()
                 self._connect_retrying(stop, gap_started)
-        self._shutdown(writer_done)
+        self._shutdown(writer)
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         """Exceptions that mean the broker connection or channel is gone."""
@@ -150,7 +173,7 @@ class Intake:
     def _connect(self) -> None:
         """Open the connection, declare the queue and start the consumer."""
         conn = self.app.connection_for_read()
-        conn.ensure_connection(max_retries=1)
+        conn.connect()  # one attempt: the backoff is ours (first retry within a second)
         self.connection = conn
         self.channel = conn.channel()
         q = event_queue(self.app, conn, self.settings)
@@ -159,6 +182,10 @@ class Intake:
         if self.manual_ack:
             self.consumer.qos(prefetch_count=self.settings.prefetch)
         self.consumer.consume()
+        # kombu's Redis transport sends PSUBSCRIBE on the first poll, not on consume:
+        # poll once so that "consuming" means events published from now on arrive.
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.01)
         log.info("consuming", broker=self.broker, queue=q.name, durable=bool(self.settings.queue))
         self._wake_workers()
 
@@ -171,10 +198,14 @@ class Intake:
 
     def _on_message(self, message: Any) -> None:
         """Hand one raw message to the writer (no decoding here: the read loop stays free)."""
-        token = (self.channel, message.delivery_tag) if self.manual_ack else None
-        envelope = Envelope(body=message.body, received_at=time.time(),
-                            content_type=message.content_type, token=token)  # fmt: skip
-        self.inbox.put(envelope)
+        if self.manual_ack:
+            # Acknowledged after commit; the broker holds the rest (prefetch bound).
+            token = (self.channel, message.delivery_tag)
+            self.inbox.put(Envelope(body=message.body, received_at=time.time(),
+                                    content_type=message.content_type, token=token))  # fmt: skip
+            return
+        self.deliver(Envelope(body=message.body, received_at=time.time(),
+                              content_type=message.content_type))  # fmt: skip
 
     def _send_acks(self) -> None:
         """Acknowledge committed messages of the current channel (highest tag, multiple)."""
@@ -191,15 +222,15 @@ class Intake:
         if highest is not None:
             self.channel.basic_ack(highest, multiple=True)
 
-    def _shutdown(self, writer_done: threading.Event) -> None:
+    def _shutdown(self, writer: Any) -> None:
         """Stop consuming, let the writer flush, acknowledge, close."""
         try:
             if self.consumer is not None:
                 self.consumer.cancel()
         except Exception as exc:
             log.warning("cancel_failed", error=repr(exc)[:200])
-        self.inbox.put(STOP)
-        while not writer_done.wait(0.05):
+        writer.stop()
+        while not writer.finished.wait(0.05):
             self._safe_acks()
         self._safe_acks()
         self._close()

@@ -26,6 +26,9 @@ ENVELOPE_FIELDS = frozenset(
     {"type", "uuid", "timestamp", "hostname", "utcoffset", "pid", "clock", "local_received"}
 )
 PROGRESS_FIELDS = frozenset({"percentage", "message", *DOCUMENT_FIELDS})
+ORPHANED = "task-orphaned"
+# Event types whose extra fields are merged into the job's metadata.
+METADATA_EVENTS = frozenset({"task-progress", ORPHANED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,12 @@ def _rejected_summary(event: Event) -> str:
     return "Rejected and requeued" if event.fields.get("requeue") is True else "Rejected"
 
 
+def _orphan_summary(event: Event) -> str:
+    """Why the job may never finish: its worker is gone."""
+    worker = _text(event.fields.get("orphaned_worker")) or "its worker"
+    return f"Orphaned: {worker} went away while running it; it may be redelivered"
+
+
 def _progress_summary(event: Event) -> str | None:
     """The progress message."""
     return _text(event.fields.get("message"))
@@ -169,6 +178,8 @@ RULES: dict[str, Rule] = {
     "task-revoked": Rule(7, _fixed(JobStatus.CANCELLED), _revoked_summary, _none),
     "task-failed": Rule(8, _fixed(JobStatus.FAILED), _exception_summary("Failed"), _none),
     "task-succeeded": Rule(9, _fixed(JobStatus.FINISHED), _succeeded_summary, _const(100)),
+    # Synthesised by job-tracker itself when a worker goes away mid-task (not terminal).
+    ORPHANED: Rule(0, _no_status, _orphan_summary, _none, from_worker=False),
 }
 # Unknown task-* events: history and metadata only.
 CUSTOM_RULE = Rule(0, _no_status, _none, _none)
@@ -271,7 +282,7 @@ def _apply_document(change: JobChange, doc: DocumentFields) -> None:
 def _metadata_of(event: Event, doc: DocumentFields, extras: dict[str, Any]) -> dict[str, Any]:
     """Metadata this event contributes: kwargs' `metadata` dict plus progress/custom extras."""
     meta = dict(doc.metadata)
-    if event.type == "task-progress" or event.type not in RULES:
+    if event.type in METADATA_EVENTS or event.type not in RULES:
         meta.update(extras)
     return {k[:255]: _cap_value(v) for k, v in meta.items()}
 

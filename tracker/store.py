@@ -367,3 +367,67 @@ def record_heartbeat(engine: Engine, instance: str, pid: int, started_at: dateti
             conn.exec_driver_sql(HEARTBEAT, params)
     except sa.exc.SQLAlchemyError as exc:
         raise translate(exc) from exc
+
+
+def forget_instance(engine: Engine, instance: str) -> None:
+    """Remove this tracker's liveness row on a clean stop, and rows dead for a week."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "DELETE FROM job_tracker_instances WHERE instance = :i "
+                    "OR heartbeat_at < now() - interval '7 days'"
+                ),
+                {"i": instance},
+            )
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc) from exc
+
+
+LIST_INSTANCES = """
+SELECT instance, host, pid, started_at, heartbeat_at, last_event_at, events_applied,
+       errors, gaps, spool_events, EXTRACT(EPOCH FROM now() - heartbeat_at) AS age_seconds
+FROM job_tracker_instances
+ORDER BY heartbeat_at DESC
+"""
+
+
+def list_instances(engine: Engine) -> list[dict[str, Any]]:
+    """Liveness rows of all trackers, freshest first."""
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.text(LIST_INSTANCES))]
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc) from exc
+
+
+# ---------------------------------------------------------------- repair
+
+NON_TERMINAL_PAGE = """
+SELECT id FROM jobs
+WHERE status IN ('PENDING', 'WAITING_FOR_REMOTE_WORKER', 'PROCESSING')
+  AND start_date >= :since AND id > :after
+ORDER BY id
+LIMIT :limit
+"""
+
+PROCESSING_ON = "SELECT id FROM jobs WHERE status = 'PROCESSING' AND worker = :worker"
+
+
+def non_terminal_jobs(engine: Engine, since: datetime, after: str, limit: int) -> list[str]:
+    """A page of ids of jobs not yet terminal that started after `since`, in id order."""
+    params = {"since": since, "after": after, "limit": limit}
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(NON_TERMINAL_PAGE), params).scalars())
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc) from exc
+
+
+def processing_jobs_on(engine: Engine, worker: str) -> list[str]:
+    """Ids of jobs PROCESSING on `worker`."""
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(PROCESSING_ON), {"worker": worker}).scalars())
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc) from exc

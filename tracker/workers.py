@@ -13,6 +13,9 @@ WORKER_TASK_EVENTS = frozenset(
 )
 
 
+DEFAULT_HEARTBEAT_FREQ = 2.0  # Celery's worker_heartbeat default interval, seconds
+
+
 @dataclass(slots=True)
 class WorkerState:
     """What we know of one worker from its heartbeats."""
@@ -21,6 +24,9 @@ class WorkerState:
     last_task_event: float  # first seen, until a task event arrives
     processed: int | None = None
     busy_since_task_event: bool = False
+    freq: float = DEFAULT_HEARTBEAT_FREQ
+    offline: bool = False  # said goodbye (worker-offline)
+    reported_gone: bool = False
     warned_at: float | None = None
 
 
@@ -47,6 +53,12 @@ class WorkerWatch:
         """Record a worker-online/heartbeat/offline event."""
         state = self.workers.setdefault(host, WorkerState(last_heartbeat=now, last_task_event=now))
         state.last_heartbeat = now
+        state.offline = fields.get("type") == "worker-offline"
+        if not state.offline:
+            state.reported_gone = False  # back (or never gone)
+        freq = fields.get("freq")
+        if isinstance(freq, int | float) and not isinstance(freq, bool) and 0 < freq < 3600:
+            state.freq = float(freq)
         processed = fields.get("processed")
         active = fields.get("active")
         if isinstance(processed, int) and state.processed is not None:
@@ -71,3 +83,22 @@ class WorkerWatch:
                 state.warned_at = now
                 silent.append(host)
         return silent
+
+    def gone_workers(self, now: float) -> list[tuple[str, str]]:
+        """Workers that went offline or whose heartbeats stopped for over 2x their period.
+
+        Each is reported once per absence, with the reason.
+        """
+        gone = []
+        for host, state in self.workers.items():
+            if state.reported_gone:
+                continue
+            if state.offline:
+                reason = "worker-offline"
+            elif now - state.last_heartbeat > 2 * state.freq:
+                reason = "heartbeat-lost"
+            else:
+                continue
+            state.reported_gone = True
+            gone.append((host, reason))
+        return gone

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,28 +26,22 @@ from sqlalchemy.engine import Engine
 from tracker import store
 from tracker.batch import Batch, batch_of
 from tracker.config import ListenSettings
-from tracker.events import Body, decode_message
+from tracker.envelope import Envelope
+from tracker.events import decode_message
 from tracker.log import get_logger
-from tracker.mapping import MappingContext, map_event
+from tracker.mapping import ORPHANED, MappingContext, map_event
+from tracker.spool import Spool
 from tracker.workers import WorkerWatch
 
 log = get_logger("writer")
 
 JSON_TYPES = frozenset({None, "", "application/json"})
 MAX_BACKOFF = 5.0
+REPLAY_CHUNK = 1000  # envelopes read back from the spool at a time
 
 
-@dataclass(slots=True)
-class Envelope:
-    """One broker message as the intake received it."""
-
-    body: Body
-    received_at: float
-    content_type: str | None = "application/json"
-    token: Any = None  # acknowledged through `on_committed` once its events are stored
-
-
-STOP = object()  # put into the inbox to make the writer flush and finish
+class _GiveUp(Exception):
+    """Stop requested while PostgreSQL stays unreachable."""
 
 
 @dataclass(slots=True)
@@ -77,6 +72,7 @@ class Writer(threading.Thread):
         inbox: queue.Queue[Any],
         on_committed: Callable[[list[Any]], None],
         counters: Counters | None = None,
+        spool: Spool | None = None,
     ) -> None:
         super().__init__(name="job-tracker-writer", daemon=True)
         self.engine = engine
@@ -88,8 +84,10 @@ class Writer(threading.Thread):
         self.workers = WorkerWatch(warn_after=settings.no_task_events_warning)
         self.instance = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.started_at = datetime.now(UTC)
+        self.spool = spool
+        self.replay: deque[Envelope] = deque()  # envelopes read back from the spool
         self.batch = Batch()
-        self.stop_deadline: float | None = None
+        self.stopping = threading.Event()
         self.finished = threading.Event()
         self._next_stats = time.monotonic() + settings.stats_interval
         self._next_heartbeat = time.monotonic()
@@ -99,11 +97,11 @@ class Writer(threading.Thread):
     # ------------------------------------------------------------ main loop
 
     def run(self) -> None:
-        """Take envelopes until STOP, flushing on size or age; flush at the end."""
+        """Take envelopes until asked to stop and drained, flushing on size or age."""
         try:
             while True:
                 item = self._next_item()
-                if item is STOP:
+                if item is None and self.stopping.is_set() and self.inbox.empty():
                     break
                 if item is not None:
                     self.take(item)
@@ -111,13 +109,32 @@ class Writer(threading.Thread):
                     self.flush()
                 self._periodic()
             self.flush()
+        except _GiveUp:
+            self._spool_unwritten()
         finally:
             self.finished.set()
 
-    def _next_item(self) -> Any:
-        """The next envelope, or None when it is time to flush or report."""
+    def stop(self) -> None:
+        """Ask the writer to flush what it holds and finish (thread-safe)."""
+        self.stopping.set()
+
+    def _next_item(self) -> Envelope | None:
+        """The next envelope: spool replay first, then the inbox; None when idle."""
+        if self.replay:
+            return self.replay.popleft()
         try:
-            return self.inbox.get(timeout=self._wait_time())
+            return self.inbox.get_nowait()  # type: ignore[no-any-return]
+        except queue.Empty:
+            pass
+        if self.spool is not None and self.spool.active and not self.stopping.is_set():
+            self.replay.extend(self.spool.take(REPLAY_CHUNK))
+            self.counters.spool_events = self.spool.pending
+            if self.replay:
+                return self.replay.popleft()
+        if self.stopping.is_set():
+            return None
+        try:
+            return self.inbox.get(timeout=self._wait_time())  # type: ignore[no-any-return]
         except queue.Empty:
             return None
 
@@ -183,8 +200,13 @@ class Writer(threading.Thread):
         self.on_committed(batch.tokens)
 
     def _commit_retrying(self, batch: Batch) -> None:
-        """Write a batch; on a transient error wait and try again, indefinitely."""
+        """Write a batch; on a transient error wait and try again until it commits.
+
+        Only a stop request can end the wait: after `shutdown_grace` seconds the
+        writer gives up and spools what it holds (see `_spool_unwritten`).
+        """
         delay = 0.1
+        stop_seen: float | None = None
         while True:
             try:
                 self._commit_isolating(batch)
@@ -192,8 +214,44 @@ class Writer(threading.Thread):
             except store.TransientStoreError as exc:
                 self.counters.errors += 1
                 log.error("batch_retry", error=str(exc), events=batch.size, retry_in=delay)
-                time.sleep(delay)
-                delay = min(MAX_BACKOFF, delay * 2)
+            if self.stopping.is_set():
+                stop_seen = stop_seen or time.monotonic()
+                if time.monotonic() - stop_seen >= self.settings.shutdown_grace:
+                    self.unwritten = batch
+                    raise _GiveUp
+            time.sleep(delay)
+            delay = min(MAX_BACKOFF, delay * 2)
+
+    def _spool_unwritten(self) -> None:
+        """At a stop with PostgreSQL away: keep what was read on disk for the next start.
+
+        Messages with a broker token (AMQP, acknowledged after commit) are not kept:
+        they were never acknowledged, so the broker delivers them again.
+        """
+        batch = getattr(self, "unwritten", None) or self.batch
+        raw = [dict(event.fields) for event, _ in batch.items]
+        rest = [e for e in self._drain_inbox() if e.token is None]
+        if self.spool is None:
+            log.error("events_lost", events=len(raw), messages=len(rest), reason="no spool")
+            return
+        if raw:
+            self.spool.append(Envelope(body=raw, received_at=time.time()))
+        for envelope in rest:
+            self.spool.append(envelope)
+        log.warning("spooled_at_stop", events=len(raw), messages=len(rest),
+                    spool_dir=str(self.spool.directory))  # fmt: skip
+
+    def _drain_inbox(self) -> list[Envelope]:
+        """Everything still waiting in memory (replayed spool items included)."""
+        items: list[Envelope] = list(self.replay)
+        self.replay.clear()
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return items
+            if isinstance(item, Envelope):
+                items.append(item)
 
     def _commit_isolating(self, batch: Batch) -> None:
         """Write a batch; if PostgreSQL refuses its data, split it to isolate the culprit."""
@@ -249,6 +307,23 @@ class Writer(threading.Thread):
                     hint="start workers with -E (or run `celery control enable_events`); "
                     "job-tracker only sees task-progress from this worker",
                 )
+            for host, reason in self.workers.gone_workers(time.time()):
+                self._flag_orphans(host, reason)
+
+    def _flag_orphans(self, host: str, reason: str) -> None:
+        """Mark the PROCESSING jobs of a vanished worker as orphaned (not terminal)."""
+        try:
+            job_ids = store.processing_jobs_on(self.engine, host)
+        except store.StoreError as exc:
+            log.warning("orphan_check_failed", worker=host, error=str(exc))
+            return
+        now = time.time()
+        events = [{"type": ORPHANED, "uuid": job_id, "timestamp": now, "hostname": "job-tracker",
+                   "orphaned": True, "orphaned_worker": host, "orphaned_reason": reason}
+                  for job_id in job_ids]  # fmt: skip
+        log.warning("worker_gone", worker=host, reason=reason, orphaned_jobs=len(job_ids))
+        if events:
+            self.take(Envelope(body=events, received_at=now))
 
     def _log_summary(self, now: float) -> None:
         """The periodic summary: throughput, totals and lag percentiles."""
