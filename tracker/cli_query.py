@@ -157,20 +157,20 @@ def job_duration(job: JobResponse, now: datetime) -> Text:
 
 
 def jobs_table(jobs: list[JobResponse], caption: str) -> Table:
-    """The job list: id, task, status, %, summary, age, duration (summary takes the rest)."""
+    """The job list: id, task, status, %, summary, age, duration (summary gets what is left)."""
     table = Table(caption=caption, caption_justify="left", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    table.add_column("ID", no_wrap=True, min_width=max((len(j.id) for j in jobs), default=2))
-    table.add_column("TASK", no_wrap=True, overflow="ellipsis", max_width=40)
-    table.add_column("STATUS", no_wrap=True, min_width=10)
-    table.add_column("%", justify="right", no_wrap=True, min_width=3)
-    table.add_column("SUMMARY", no_wrap=True, overflow="ellipsis", ratio=1, min_width=12)
-    table.add_column("AGE", justify="right", no_wrap=True, min_width=3)
-    table.add_column("DURATION", justify="right", no_wrap=True, min_width=8)
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))  # fmt: skip
+    for name in ("ID", "TASK", "STATUS", "%"):
+        table.add_column(name, no_wrap=True, justify="right" if name == "%" else "left")
+    table.add_column("SUMMARY", max_width=60)
+    table.add_column("AGE", justify="right", no_wrap=True)
+    table.add_column("DURATION", justify="right", no_wrap=True)
     now = datetime.now(UTC)
     for job in jobs:
+        # A one-line cell the table may shorten (with an ellipsis) when the terminal is narrow.
+        summary = Text(job.summary or "", no_wrap=True, overflow="ellipsis")
         table.add_row(job.id, job.task_name or "-", styled_status(job.status, short=True),
-                      str(job.percentage), job.summary or "", fmt_age(job.start_date, now),
+                      str(job.percentage), summary, fmt_age(job.start_date, now),
                       job_duration(job, now))  # fmt: skip
     return table
 
