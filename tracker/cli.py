@@ -78,6 +78,9 @@ def _split_queues(_ctx: Any, _param: Any, value: tuple[str, ...]) -> frozenset[s
 @click.option("--queue", envvar="JOB_TRACKER_QUEUE", show_envvar=True,
               help="AMQP only: consume from this durable queue and acknowledge after commit "
                    "(at-least-once). Default: a private auto-delete queue.")  # fmt: skip
+@click.option("--event-exchange", envvar="CELERY_EVENT_EXCHANGE", show_envvar=True,
+              help="Celery's event exchange, if your apps changed `event_exchange` "
+                   "[default: celeryev].")  # fmt: skip
 @click.option("--batch-size", envvar="JOB_TRACKER_BATCH_SIZE", default=2000, show_default=True,
               show_envvar=True, type=click.IntRange(1, 100_000),
               help="Most events written in one transaction.")  # fmt: skip
@@ -129,3 +132,34 @@ def listen_command(**options: Any) -> None:
 
 # The query and control commands (jobs, show, watch, active, stats, cancel, cleanup).
 from tracker import cli_query  # noqa: E402,F401
+
+
+@main.command("health")
+@database_option
+@click.option("--max-age", envvar="JOB_TRACKER_HEALTH_MAX_AGE", default=30.0, show_default=True,
+              show_envvar=True, type=click.FloatRange(0.1, 86_400),
+              help="Seconds after its last heartbeat when a tracker counts as dead.")  # fmt: skip
+def health_command(database_url: str, max_age: float) -> None:
+    """Show tracker liveness; exit 1 when no tracker has a fresh heartbeat (liveness probe)."""
+    try:
+        engine = store.create_engine(database_url)
+        instances = store.list_instances(engine)
+        engine.dispose()
+    except store.StoreError as exc:
+        fail(str(exc))
+    for row in instances:
+        state = "alive" if row["age_seconds"] <= max_age else "stale"
+        click.echo(
+            f"{state:5}  {row['instance']}  heartbeat {row['age_seconds']:.1f}s ago  "
+            f"last event {_ago(row['last_event_at'])}  applied {row['events_applied']}  "
+            f"errors {row['errors']}  gaps {row['gaps']}  spooled {row['spool_events']}"
+        )
+    if not instances:
+        fail("no job-tracker listener has recorded a heartbeat")
+    if instances[0]["age_seconds"] > max_age:
+        fail(f"newest tracker heartbeat is {instances[0]['age_seconds']:.0f}s old (> {max_age:g}s)")
+
+
+def _ago(value: Any) -> str:
+    """'never' or an ISO timestamp."""
+    return "never" if value is None else value.isoformat(timespec="seconds")

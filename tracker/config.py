@@ -36,6 +36,7 @@ class ListenSettings(BaseModel):
     database_url: str = DEFAULT_DATABASE
     remote_queues: frozenset[str] = frozenset()
     queue: str | None = Field(default=None, description="durable AMQP queue for at-least-once")
+    event_exchange: str | None = None
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     flush_interval: float = Field(default=0.1, gt=0, le=10)
     prefetch: int = Field(default=4000, ge=1, le=65_535)

@@ -39,8 +39,11 @@ def build_app(settings: ListenSettings) -> Celery:
         from celery.app.utils import find_app
 
         app: Celery = find_app(settings.app)
-        return app
-    return Celery("job-tracker", broker=settings.broker_url, set_as_current=False)
+    else:
+        app = Celery("job-tracker", broker=settings.broker_url, set_as_current=False)
+    if settings.event_exchange:
+        app.conf.event_exchange = settings.event_exchange
+    return app
 
 
 def event_queue(app: Celery, connection: Connection, settings: ListenSettings) -> Queue:
