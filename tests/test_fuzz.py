@@ -35,7 +35,7 @@ hostile_text = st.one_of(
             "$$",
             "\\u0000",
         ]
-    ),  # fmt: skip
+    ),
 )
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -45,7 +45,7 @@ json_values = st.recursive(
     scalars,
     lambda inner: st.one_of(
         st.lists(inner, max_size=4), st.dictionaries(hostile_text, inner, max_size=4)
-    ),  # fmt: skip
+    ),
     max_leaves=12,
 )
 
