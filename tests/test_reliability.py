@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 from celery.events.event import get_exchange
 from kombu.connection import Connection
 from kombu.messaging import Producer
@@ -292,8 +293,7 @@ def test_redis_gap_is_reported_and_repaired_from_the_result_backend(
     proxied_broker = f"redis://127.0.0.1:{proxy.port}/{redis.database}"
     tracker_env = dict(service_env, CELERY_BROKER_URL=proxied_broker)
     worker_env = dict(service_env, CELERY_RESULT_BACKEND=backend)
-    ingest.app.conf.broker_url = redis_url
-    ingest.app.conf.result_backend = backend
+    client = Celery("gap-client", broker=redis_url, backend=backend, set_as_current=False)
     args = job_tracker("listen", "--result-backend", backend)
     try:
         with (
@@ -303,7 +303,7 @@ def test_redis_gap_is_reported_and_repaired_from_the_result_backend(
         ):  # fmt: skip
             wait_consuming(tracker)
             wait_for(lambda: "ready" in worker.output(), 60, what="worker ready")
-            long = ingest.ocr.delay("doc-gap", seconds=4)
+            long = client.send_task("examples.ingest.ocr", args=("doc-gap",), kwargs={"seconds": 4})
             status = lambda: scalar(engine, "SELECT status FROM jobs WHERE id = :id", id=long.id)  # noqa: E731
             wait_for(lambda: status() == "PROCESSING", 30, what="ocr running")
             proxy.cut()
@@ -327,7 +327,7 @@ def test_redis_gap_is_reported_and_repaired_from_the_result_backend(
         )
     finally:
         proxy.close()
-        ingest.app.conf.result_backend = None
+        client.close()
 
 
 def test_jobs_of_a_vanished_worker_are_flagged_orphaned(
