@@ -15,18 +15,19 @@ from sqlalchemy.engine import Engine
 
 from tracker import __version__, store
 from tracker.config import ListenSettings, mask_broker_url
+from tracker.counters import Counters
 from tracker.intake import Intake, build_app
 from tracker.log import get_logger
 from tracker.reconcile import Reconciler
 from tracker.spool import Spool
-from tracker.writer import Counters, Writer
+from tracker.writer import Writer
 
 log = get_logger("daemon")
 
 
 def wait_for_schema(settings: ListenSettings, stop: threading.Event) -> Engine:
     """An engine on a database holding our schema; waits while PostgreSQL is unreachable."""
-    engine = store.create_engine(settings.database_url)
+    engine = store.create_engine(settings.database_url, pool_size=4)
     delay = 0.5
     while not stop.is_set():
         try:

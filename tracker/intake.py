@@ -22,10 +22,10 @@ from kombu.entity import Queue
 from kombu.messaging import Consumer
 
 from tracker.config import ListenSettings, mask_broker_url
+from tracker.counters import Counters
 from tracker.envelope import Envelope
 from tracker.log import get_logger
 from tracker.spool import Spool
-from tracker.writer import Counters
 
 log = get_logger("intake")
 

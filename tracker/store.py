@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -311,11 +310,27 @@ def job_row(change: JobChange) -> dict[str, Any]:
     return row
 
 
+def history_row(h: HistoryRow) -> dict[str, Any]:
+    """The JSON row of one history entry (by hand: dataclasses.asdict deep-copies)."""
+    return {
+        "job_id": h.job_id,
+        "event_key": h.event_key,
+        "event_type": h.event_type,
+        "status": h.status,
+        "percentage": h.percentage,
+        "message": h.message,
+        "hostname": h.hostname,
+        "occurred_ts": h.occurred_ts,
+        "received_ts": h.received_ts,
+        "details": h.details,
+    }
+
+
 def apply_batch(engine: Engine, jobs: Sequence[JobChange], history: Iterable[HistoryRow]) -> None:
     """Merge a batch of job changes and history rows in one transaction."""
     params = {
         "jobs": _dumps([job_row(c) for c in jobs]),
-        "events": _dumps([asdict(h) for h in history]),
+        "events": _dumps([history_row(h) for h in history]),
         "retried": [c.id for c in jobs if c.retried],
     }
     try:

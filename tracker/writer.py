@@ -17,15 +17,16 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
 from tracker import store
-from tracker.batch import Batch, batch_of
+from tracker.batch import Batch
+from tracker.committer import Committer
 from tracker.config import ListenSettings
+from tracker.counters import Counters
 from tracker.envelope import Envelope
 from tracker.events import decode_message
 from tracker.log import get_logger
@@ -36,30 +37,7 @@ from tracker.workers import WorkerWatch
 log = get_logger("writer")
 
 JSON_TYPES = frozenset({None, "", "application/json"})
-MAX_BACKOFF = 5.0
 REPLAY_CHUNK = 1000  # envelopes read back from the spool at a time
-
-
-class _GiveUp(Exception):
-    """Stop requested while PostgreSQL stays unreachable."""
-
-
-@dataclass(slots=True)
-class Counters:
-    """Running totals, reported in the periodic summary and the liveness row."""
-
-    messages: int = 0
-    events: int = 0
-    events_applied: int = 0
-    skipped: int = 0
-    dead: int = 0
-    batches: int = 0
-    jobs_written: int = 0
-    errors: int = 0
-    gaps: int = 0
-    spool_events: int = 0
-    last_event_at: datetime | None = None
-    lags: list[float] = field(default_factory=list)
 
 
 class Writer(threading.Thread):
@@ -89,19 +67,23 @@ class Writer(threading.Thread):
         self.batch = Batch()
         self.stopping = threading.Event()
         self.finished = threading.Event()
+        self.committer = Committer(engine, self.counters, on_committed, self.stopping,
+                                   settings.shutdown_grace, spool)  # fmt: skip
         self._next_stats = time.monotonic() + settings.stats_interval
         self._next_heartbeat = time.monotonic()
         self._window_start = time.monotonic()
-        self._window_events = 0
 
     # ------------------------------------------------------------ main loop
 
     def run(self) -> None:
         """Take envelopes until asked to stop and drained, flushing on size or age."""
+        self.committer.start()
         try:
             while True:
                 item = self._next_item()
                 if item is None and self.stopping.is_set() and self.inbox.empty():
+                    break
+                if self.committer.gave_up:
                     break
                 if item is not None:
                     self.take(item)
@@ -109,8 +91,10 @@ class Writer(threading.Thread):
                     self.flush()
                 self._periodic()
             self.flush()
-        except _GiveUp:
-            self._spool_unwritten()
+            self.committer.finish()
+            self.committer.join()
+            if self.committer.gave_up:
+                self._spool_inbox()
         finally:
             self.finished.set()
 
@@ -191,55 +175,10 @@ class Writer(threading.Thread):
     # ------------------------------------------------------------ writing
 
     def flush(self) -> None:
-        """Commit the open batch (retrying until it commits), then acknowledge its tokens."""
+        """Hand the open batch to the committer (its tokens are acknowledged after commit)."""
         batch, self.batch = self.batch, Batch()
-        if batch.empty:
-            return
-        if batch.items:
-            self._commit_retrying(batch)
-        self.on_committed(batch.tokens)
-
-    def _commit_retrying(self, batch: Batch) -> None:
-        """Write a batch; on a transient error wait and try again until it commits.
-
-        Only a stop request can end the wait: after `shutdown_grace` seconds the
-        writer gives up and spools what it holds (see `_spool_unwritten`).
-        """
-        delay = 0.1
-        stop_seen: float | None = None
-        while True:
-            try:
-                self._commit_isolating(batch)
-                return
-            except store.TransientStoreError as exc:
-                self.counters.errors += 1
-                log.error("batch_retry", error=str(exc), events=batch.size, retry_in=delay)
-            if self.stopping.is_set():
-                stop_seen = stop_seen or time.monotonic()
-                if time.monotonic() - stop_seen >= self.settings.shutdown_grace:
-                    self.unwritten = batch
-                    raise _GiveUp
-            time.sleep(delay)
-            delay = min(MAX_BACKOFF, delay * 2)
-
-    def _spool_unwritten(self) -> None:
-        """At a stop with PostgreSQL away: keep what was read on disk for the next start.
-
-        Messages with a broker token (AMQP, acknowledged after commit) are not kept:
-        they were never acknowledged, so the broker delivers them again.
-        """
-        batch = getattr(self, "unwritten", None) or self.batch
-        raw = [dict(event.fields) for event, _ in batch.items]
-        rest = [e for e in self._drain_inbox() if e.token is None]
-        if self.spool is None:
-            log.error("events_lost", events=len(raw), messages=len(rest), reason="no spool")
-            return
-        if raw:
-            self.spool.append(Envelope(body=raw, received_at=time.time()))
-        for envelope in rest:
-            self.spool.append(envelope)
-        log.warning("spooled_at_stop", events=len(raw), messages=len(rest),
-                    spool_dir=str(self.spool.directory))  # fmt: skip
+        if not batch.empty:
+            self.committer.submit(batch)
 
     def _drain_inbox(self) -> list[Envelope]:
         """Everything still waiting in memory (replayed spool items included)."""
@@ -253,41 +192,15 @@ class Writer(threading.Thread):
             if isinstance(item, Envelope):
                 items.append(item)
 
-    def _commit_isolating(self, batch: Batch) -> None:
-        """Write a batch; if PostgreSQL refuses its data, split it to isolate the culprit."""
-        try:
-            store.apply_batch(self.engine, batch.sorted_jobs(), batch.history.values())
-        except store.BadDataError as exc:
-            if batch.size == 1:
-                self._keep_dead(batch, str(exc))
-                return
-            half = batch.size // 2
-            self._commit_isolating(batch_of(batch.items[:half]))
-            self._commit_isolating(batch_of(batch.items[half:]))
+    def _spool_inbox(self) -> None:
+        """After the committer gave up: keep unread messages on disk for the next start."""
+        rest = [e for e in self._drain_inbox() if e.token is None]
+        if self.spool is None:
+            log.error("events_lost", messages=len(rest), reason="no spool")
             return
-        self._count_commit(batch)
-
-    def _keep_dead(self, batch: Batch, error: str) -> None:
-        """Store a refused event in job_tracker_dead_events and log it."""
-        event, _ = batch.items[0]
-        self.counters.dead += 1
-        self.counters.errors += 1
-        log.error("event_refused", error=error, event_type=event.type, job_id=event.uuid)
-        store.store_dead_events(self.engine, error, [dict(event.fields)])
-
-    def _count_commit(self, batch: Batch) -> None:
-        """Update counters and lag samples after a commit."""
-        now = time.time()
-        c = self.counters
-        c.batches += 1
-        c.events_applied += batch.size
-        c.jobs_written += len(batch.jobs)
-        c.last_event_at = datetime.now(UTC)
-        self._window_events += batch.size
-        c.lags.extend(now - event.timestamp for event, _ in batch.items[-200:])
-        if len(c.lags) > 20_000:
-            del c.lags[:10_000]
-        log.debug("batch_committed", events=batch.size, jobs=len(batch.jobs))
+        for envelope in rest:
+            self.spool.append(envelope)
+        log.warning("spooled_at_stop", messages=len(rest), spool_dir=str(self.spool.directory))
 
     # ------------------------------------------------------------ periodic work
 
@@ -328,11 +241,12 @@ class Writer(threading.Thread):
     def _log_summary(self, now: float) -> None:
         """The periodic summary: throughput, totals and lag percentiles."""
         elapsed = max(1e-9, now - self._window_start)
+        applied, self.counters.window_events = self.counters.window_events, 0
         lags = sorted(self.counters.lags)
         self.counters.lags.clear()
         log.info(
             "summary",
-            events_per_s=round(self._window_events / elapsed, 1),
+            events_per_s=round(applied / elapsed, 1),
             events_applied=self.counters.events_applied,
             jobs_written=self.counters.jobs_written,
             skipped=self.counters.skipped,
@@ -342,7 +256,7 @@ class Writer(threading.Thread):
             lag_p50_s=_percentile(lags, 0.5),
             lag_p99_s=_percentile(lags, 0.99),
         )
-        self._window_start, self._window_events = now, 0
+        self._window_start = now
 
     def _heartbeat(self) -> None:
         """Refresh this tracker's row in job_tracker_instances (best effort)."""
