@@ -157,22 +157,29 @@ def job_duration(job: JobResponse, now: datetime) -> Text:
 
 
 def jobs_table(jobs: list[JobResponse], caption: str) -> Table:
-    """The job list: id, task, status, %, summary, age, duration (summary gets what is left)."""
+    """The job list: id, task, status, %, summary, age, duration."""
     table = Table(caption=caption, caption_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))  # fmt: skip
-    for name in ("ID", "TASK", "STATUS", "%"):
-        table.add_column(name, no_wrap=True, justify="right" if name == "%" else "left")
+    table.add_column("ID", no_wrap=True)
+    # Only TASK and SUMMARY give way on a narrow terminal (their cells end in an ellipsis).
+    table.add_column("TASK")
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
     table.add_column("SUMMARY", max_width=60)
     table.add_column("AGE", justify="right", no_wrap=True)
     table.add_column("DURATION", justify="right", no_wrap=True)
     now = datetime.now(UTC)
     for job in jobs:
-        # A one-line cell the table may shorten (with an ellipsis) when the terminal is narrow.
-        summary = Text(job.summary or "", no_wrap=True, overflow="ellipsis")
-        table.add_row(job.id, job.task_name or "-", styled_status(job.status, short=True),
-                      str(job.percentage), summary, fmt_age(job.start_date, now),
+        table.add_row(job.id, one_line(job.task_name or "-"),
+                      styled_status(job.status, short=True), str(job.percentage),
+                      one_line(job.summary or ""), fmt_age(job.start_date, now),
                       job_duration(job, now))  # fmt: skip
     return table
+
+
+def one_line(text: str) -> Text:
+    """A cell that is cut with an ellipsis rather than wrapped."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
 
 
 def page_caption(total: int, offset: int, shown: int) -> str:
@@ -335,7 +342,7 @@ def render_live(updates: Iterable[JobProgressUpdate], out: Console) -> JobProgre
     columns = (TextColumn("{task.fields[status]}"), BarColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("{task.description}"))  # fmt: skip
     last = None
-    with Progress(*columns, console=out) as progress:
+    with Progress(*columns, console=out, transient=True) as progress:
         bar = progress.add_task("", total=100, status="")
         for update in updates:
             status = styled_status(update.status).markup
@@ -343,7 +350,7 @@ def render_live(updates: Iterable[JobProgressUpdate], out: Console) -> JobProgre
                             status=status)  # fmt: skip
             last = update
     assert last is not None  # watch_job always yields the current state first
-    out.print(Text.assemble(styled_status(last.status), f"  {last.message}"))
+    out.print(Text.assemble(styled_status(last.status), f" {last.percentage}%  {last.message}"))
     return last
 
 
@@ -385,7 +392,7 @@ def render_stats(stats: JobStatistics, user_id: str | None, out: Console) -> Non
 
 def status_table(stats: JobStatistics) -> Table:
     """Jobs per status."""
-    table = Table(title="by status", title_justify="left", header_style="bold")
+    table = Table(title="by status", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     table.add_column("STATUS")
     table.add_column("JOBS", justify="right")
     for status, count in stats.jobs_by_status.items():
@@ -395,7 +402,7 @@ def status_table(stats: JobStatistics) -> Table:
 
 def type_table(stats: JobStatistics) -> Table:
     """Jobs per document type (task name without one), with finished-job percentiles."""
-    table = Table(title="by type", title_justify="left", header_style="bold")
+    table = Table(title="by type", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     for name in ("TYPE", "JOBS", "FINISHED", "P50", "P95"):
         table.add_column(name, justify="left" if name == "TYPE" else "right")
     for kind, count in stats.jobs_by_type.items():
@@ -408,7 +415,9 @@ def type_table(stats: JobStatistics) -> Table:
 
 def failures_table(stats: JobStatistics) -> Table:
     """The most frequent failure exceptions."""
-    table = Table(title="top failures", title_justify="left", header_style="bold")
+    table = Table(
+        title="top failures", title_justify="left", header_style="bold", box=box.SIMPLE_HEAD
+    )
     table.add_column("EXCEPTION")
     table.add_column("JOBS", justify="right")
     table.add_column("LATEST", overflow="ellipsis", no_wrap=True, max_width=60)
@@ -455,7 +464,7 @@ def cancel_command(job_id: str, user_id: str | None, terminate: bool, broker_url
     """Revoke a pending or running job and mark it CANCELLED at once."""
     with job_service(database_url, load_celery_app(broker_url, app)) as service:
         job = service.cancel_job(job_id, user_id, terminate)
-    how = "revoke sent with terminate (SIGTERM)" if terminate else "revoke sent"
+    how = "revoke sent with terminate=SIGTERM" if terminate else "revoke sent"
     click.echo(f"{job.id}: {job.status.value} - {job.summary} ({how})")
 
 
