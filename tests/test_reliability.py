@@ -207,65 +207,78 @@ def test_second_signal_exits_at_once(
 # ---------------------------------------------------------------- RabbitMQ at-least-once
 
 
-def test_sigkill_mid_stream_on_rabbitmq_loses_and_duplicates_nothing(
-    amqp_url: str, service_env: dict[str, str], engine: sa.Engine, tmp_path: Path
-) -> None:
-    queue = f"jt-test-kill-{os.getpid()}"
-    env = dict(service_env, CELERY_BROKER_URL=amqp_url)
-    args = job_tracker("listen", "--queue", queue, "--event-exchange", exchange_name(),
-                       "--batch-size", "100", "--prefetch", "200")  # fmt: skip
-    lives = make_lives(700)
+@pytest.fixture
+def durable_queue(amqp_url: str) -> Iterator[str]:
+    """The name of a durable queue for this test, deleted afterwards."""
+    name = f"jt-test-{os.getpid()}-{time.monotonic_ns()}"
+    yield name
+    with Connection(amqp_url) as conn:
+        conn.channel().queue_delete(name)
+
+
+@pytest.fixture
+def amqp_publisher(amqp_url: str) -> Iterator[Publisher]:
+    """A publisher on this run's event exchange of RabbitMQ."""
     publisher = Publisher(amqp_url, exchange_name())
-    try:
-        with running(args, env, tmp_path / "first.log") as first:
-            wait_consuming(first)
-            stream = publisher.stream(lives, seconds=6)
-            wait_for(lambda: scalar(engine, "SELECT count(*) FROM job_events") > 500, 20)
-            first.signal(signal.SIGKILL)
-            first.popen.wait(10)
-        killed_at = scalar(engine, "SELECT count(*) FROM job_events")
-        stream.join(30)
-        restarted = time.monotonic()
-        with running(args, env, tmp_path / "second.log") as second:
-            wait_consuming(second)
-            wait_all_events(engine, lives, 60)
-            recovered = time.monotonic() - restarted
-        total = sum(len(life.events) for life in lives)
-        assert killed_at < total
-        assert_all_correct(engine, lives)
-        print(f"\nSIGKILL at {killed_at}/{total} events; all {len(lives)} jobs correct "
-              f"{recovered:.1f} s after restart")  # fmt: skip
-    finally:
-        publisher.close()
-        delete_queue(amqp_url, queue)
+    yield publisher
+    publisher.close()
+
+
+def amqp_listen(queue: str, batch_size: int, prefetch: int) -> list[str]:
+    """argv of an at-least-once listener on a durable queue."""
+    return job_tracker("listen", "--queue", queue, "--event-exchange", exchange_name(),
+                       "--batch-size", str(batch_size), "--prefetch", str(prefetch))  # fmt: skip
+
+
+def test_sigkill_mid_stream_on_rabbitmq_loses_and_duplicates_nothing(
+    amqp_url: str, durable_queue: str, amqp_publisher: Publisher,
+    service_env: dict[str, str], engine: sa.Engine, tmp_path: Path,
+) -> None:  # fmt: skip
+    env = dict(service_env, CELERY_BROKER_URL=amqp_url)
+    args = amqp_listen(durable_queue, batch_size=100, prefetch=200)
+    lives = make_lives(700)
+
+    with running(args, env, tmp_path / "first.log") as first:
+        wait_consuming(first)
+        stream = amqp_publisher.stream(lives, seconds=6)
+        wait_for(lambda: scalar(engine, "SELECT count(*) FROM job_events") > 500, 20)
+        first.signal(signal.SIGKILL)
+        first.popen.wait(10)
+    killed_at = scalar(engine, "SELECT count(*) FROM job_events")
+    stream.join(30)
+    restarted = time.monotonic()
+    with running(args, env, tmp_path / "second.log") as second:
+        wait_consuming(second)
+        wait_all_events(engine, lives, 60)
+        recovered = time.monotonic() - restarted
+    total = sum(len(life.events) for life in lives)
+    assert killed_at < total
+    assert_all_correct(engine, lives)
+    print(f"\nSIGKILL at {killed_at}/{total} events; all {len(lives)} jobs correct "
+          f"{recovered:.1f} s after restart")  # fmt: skip
 
 
 def test_two_trackers_on_one_rabbitmq_queue_share_the_load(
-    amqp_url: str, service_env: dict[str, str], engine: sa.Engine, tmp_path: Path
-) -> None:
-    queue = f"jt-test-shared-{os.getpid()}"
+    amqp_url: str, durable_queue: str, amqp_publisher: Publisher,
+    service_env: dict[str, str], engine: sa.Engine, tmp_path: Path,
+) -> None:  # fmt: skip
     env = dict(service_env, CELERY_BROKER_URL=amqp_url)
-    args = job_tracker("listen", "--queue", queue, "--event-exchange", exchange_name(),
-                       "--batch-size", "50", "--prefetch", "20")  # fmt: skip
+    args = amqp_listen(durable_queue, batch_size=50, prefetch=20)
     lives = make_lives(350)
-    publisher = Publisher(amqp_url, exchange_name())
-    try:
-        with (
-            running([*args, "--spool-dir", str(tmp_path / "a")], env, tmp_path / "a.log") as a,
-            running([*args, "--spool-dir", str(tmp_path / "b")], env, tmp_path / "b.log") as b,
-        ):
-            wait_consuming(a)
-            wait_consuming(b)
-            publisher.stream(lives, seconds=3).join(30)
-            wait_all_events(engine, lives, 60)
-        applied = [applied_events(p) for p in (a, b)]
-        assert all(n > 0 for n in applied), applied  # competing consumers: both worked
-        assert sum(applied) >= sum(len(life.events) for life in lives)
-        assert_all_correct(engine, lives)
-        print(f"\ntwo trackers applied {applied} events; {len(lives)} jobs correct")
-    finally:
-        publisher.close()
-        delete_queue(amqp_url, queue)
+
+    with (
+        running([*args, "--spool-dir", str(tmp_path / "a")], env, tmp_path / "a.log") as a,
+        running([*args, "--spool-dir", str(tmp_path / "b")], env, tmp_path / "b.log") as b,
+    ):
+        wait_consuming(a)
+        wait_consuming(b)
+        amqp_publisher.stream(lives, seconds=3).join(30)
+        wait_all_events(engine, lives, 60)
+    applied = [applied_events(p) for p in (a, b)]
+    assert all(n > 0 for n in applied), applied  # competing consumers: both worked
+    assert sum(applied) >= sum(len(life.events) for life in lives)
+    assert_all_correct(engine, lives)
+    print(f"\ntwo trackers applied {applied} events; {len(lives)} jobs correct")
 
 
 def applied_events(proc: Proc) -> int:
@@ -273,12 +286,6 @@ def applied_events(proc: Proc) -> int:
     return int(
         next(e for e in log_events(proc) if e["event"] == "listen_stopped")["events_applied"]
     )
-
-
-def delete_queue(amqp_url: str, queue: str) -> None:
-    """Remove a durable test queue."""
-    with Connection(amqp_url) as conn:
-        conn.channel().queue_delete(queue)
 
 
 # ---------------------------------------------------------------- gaps, repair, orphans

@@ -18,7 +18,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
-from tracker.changes import JobChange
+from tracker.changes import FIRST_NON_NULL, REGISTERS, JobChange
 from tracker.mapping import HistoryRow
 
 SCHEMA_VERSION = 1
@@ -176,6 +176,26 @@ _JOB_COLUMNS = """
     metadata jsonb
 """
 
+
+def _first_non_null(column: str) -> str:
+    """SET clause: the stored value unless it is NULL (see changes.FIRST_NON_NULL)."""
+    return f"        {column} = COALESCE(j.{column}, EXCLUDED.{column}),"
+
+
+def _register(column: str) -> str:
+    """SET clauses: last writer wins by the merge key (see changes.REGISTERS)."""
+    key = f"merge_{column}_key"
+    return (
+        f"        {column} = CASE WHEN jt_newer(EXCLUDED.{key}, j.{key})\n"
+        f"            THEN EXCLUDED.{column} ELSE j.{column} END,\n"
+        f"        {key} = GREATEST(j.{key}, EXCLUDED.{key}),"
+    )
+
+
+# Generated from the same field lists as the Python join, so the two cannot drift apart.
+_FIRST_NON_NULL_SET = "\n".join(_first_non_null(c) for c in FIRST_NON_NULL)
+_REGISTERS_SET = "\n".join(_register(c) for c in REGISTERS if c != "status")
+
 # One round trip per batch: upsert jobs (taking their row locks in id order, so two
 # trackers never deadlock), notify, insert history (duplicates ignored), then raise
 # `retries` to the number of distinct task-retried events now stored. That last
@@ -200,19 +220,7 @@ WITH incoming AS (
     FROM incoming
     ORDER BY id
     ON CONFLICT (id) DO UPDATE SET
-        task_name = COALESCE(j.task_name, EXCLUDED.task_name),
-        args = COALESCE(j.args, EXCLUDED.args),
-        kwargs = COALESCE(j.kwargs, EXCLUDED.kwargs),
-        queue = COALESCE(j.queue, EXCLUDED.queue),
-        parent_id = COALESCE(j.parent_id, EXCLUDED.parent_id),
-        root_id = COALESCE(j.root_id, EXCLUDED.root_id),
-        result = COALESCE(j.result, EXCLUDED.result),
-        error_details = COALESCE(j.error_details, EXCLUDED.error_details),
-        document_id = COALESCE(j.document_id, EXCLUDED.document_id),
-        document_name = COALESCE(j.document_name, EXCLUDED.document_name),
-        document_type = COALESCE(j.document_type, EXCLUDED.document_type),
-        user_id = COALESCE(j.user_id, EXCLUDED.user_id),
-        estimated_duration = COALESCE(j.estimated_duration, EXCLUDED.estimated_duration),
+{_FIRST_NON_NULL_SET}
         priority = CASE WHEN j.priority = 'NORMAL' THEN EXCLUDED.priority ELSE j.priority END,
         retries = GREATEST(j.retries, EXCLUDED.retries),
         start_date = LEAST(j.start_date, EXCLUDED.start_date),
@@ -222,15 +230,7 @@ WITH incoming AS (
         end_date = CASE WHEN jt_newer(EXCLUDED.merge_status_key, j.merge_status_key)
                         THEN EXCLUDED.end_date ELSE j.end_date END,
         merge_status_key = GREATEST(j.merge_status_key, EXCLUDED.merge_status_key),
-        percentage = CASE WHEN jt_newer(EXCLUDED.merge_percentage_key, j.merge_percentage_key)
-                          THEN EXCLUDED.percentage ELSE j.percentage END,
-        merge_percentage_key = GREATEST(j.merge_percentage_key, EXCLUDED.merge_percentage_key),
-        summary = CASE WHEN jt_newer(EXCLUDED.merge_summary_key, j.merge_summary_key)
-                       THEN EXCLUDED.summary ELSE j.summary END,
-        merge_summary_key = GREATEST(j.merge_summary_key, EXCLUDED.merge_summary_key),
-        worker = CASE WHEN jt_newer(EXCLUDED.merge_worker_key, j.merge_worker_key)
-                      THEN EXCLUDED.worker ELSE j.worker END,
-        merge_worker_key = GREATEST(j.merge_worker_key, EXCLUDED.merge_worker_key),
+{_REGISTERS_SET}
         metadata = CASE WHEN EXCLUDED.merge_metadata = '{{}}' THEN j.metadata
                         ELSE jt_lww_values(jt_lww_merge(j.merge_metadata, EXCLUDED.merge_metadata))
                    END,
