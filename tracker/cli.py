@@ -163,3 +163,7 @@ def health_command(database_url: str, max_age: float) -> None:
 def _ago(value: Any) -> str:
     """'never' or an ISO timestamp."""
     return "never" if value is None else value.isoformat(timespec="seconds")
+
+
+# `job-tracker demo`: the whole pipeline on embedded (or your) PostgreSQL and Redis.
+from tracker import cli_demo  # noqa: E402,F401
