@@ -27,6 +27,8 @@ ENVELOPE_FIELDS = frozenset(
 )
 PROGRESS_FIELDS = frozenset({"percentage", "message", *DOCUMENT_FIELDS})
 ORPHANED = "task-orphaned"
+# The events Celery puts the task's description in (name, args, kwargs, queue, links).
+DESCRIBING_EVENTS = frozenset({"task-sent", "task-received"})
 # Event types whose extra fields are merged into the job's metadata.
 METADATA_EVENTS = frozenset({"task-progress", ORPHANED})
 
@@ -206,11 +208,18 @@ def map_event(event: Event, ctx: MappingContext) -> Mapped:
     status = rule.status(event, ctx)
     rank = terminal_rank(status)
     key = order_key(rank, event.timestamp, rule.precedence, event.key)
+    # Worker and metadata are last-writer-wins by time alone, terminal or not.
+    stamp = key if rank == 0 else order_key(0, event.timestamp, rule.precedence, event.key)
     percentage = rule.percentage(event)
     summary = _cap(rule.summary(event), SUMMARY_CAP)
     change = JobChange(id=event.uuid, start_ts=event.timestamp)
-    _fill_registers(change, event, rule, key, status, percentage, summary)
-    _fill_description(change, event)
+    _fill_registers(change, event, rule, key, stamp, status, percentage, summary)
+    if event.type in DESCRIBING_EVENTS:
+        _fill_description(change, event)
+    elif event.type == "task-succeeded":
+        change.result = _cap(_text(event.fields.get("result")), TEXT_CAP)
+    elif event.type == "task-failed":
+        change.error_details = _cap(_error_details(event), TEXT_CAP)
     doc = document_fields(
         event.fields
         if event.type == "task-progress"
@@ -218,7 +227,6 @@ def map_event(event: Event, ctx: MappingContext) -> Mapped:
     )
     _apply_document(change, doc)
     extras = _extras(event)
-    stamp = order_key(0, event.timestamp, rule.precedence, event.key)
     meta = _metadata_of(event, doc, extras)
     change.metadata.update({k: (stamp, v) for k, v in meta.items()})
     history = _history(event, status, percentage, summary, extras)
@@ -230,6 +238,7 @@ def _fill_registers(
     event: Event,
     rule: Rule,
     key: str,
+    stamp: str,
     status: JobStatus | None,
     percentage: int | None,
     summary: str | None,
@@ -243,7 +252,7 @@ def _fill_registers(
     if summary is not None:
         change.summary = (key, summary)
     if rule.from_worker and event.hostname:
-        change.worker = (order_key(0, event.timestamp, rule.precedence, event.key), event.hostname)
+        change.worker = (stamp, event.hostname)
     if event.type == "task-started":
         change.started_ts = event.timestamp
     if event.type == "task-retried":
@@ -252,7 +261,7 @@ def _fill_registers(
 
 
 def _fill_description(change: JobChange, event: Event) -> None:
-    """Copy the descriptive fields an event carries (name, args, document fields...)."""
+    """Copy what task-sent and task-received describe: name, args, kwargs, queue, links."""
     f = event.fields
     change.task_name = _ident(f.get("name"))
     change.args = _cap(_text(f.get("args")), TEXT_CAP)
@@ -263,10 +272,6 @@ def _fill_description(change: JobChange, event: Event) -> None:
     retries = f.get("retries")
     if isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries < 2**31:
         change.retries = max(change.retries, retries)
-    if event.type == "task-succeeded":
-        change.result = _cap(_text(f.get("result")), TEXT_CAP)
-    if event.type == "task-failed":
-        change.error_details = _cap(_error_details(event), TEXT_CAP)
 
 
 def _apply_document(change: JobChange, doc: DocumentFields) -> None:
