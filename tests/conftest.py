@@ -1,17 +1,21 @@
 """Test fixtures on real services: a fresh PostgreSQL database per test, an own Redis db.
 
 Service locations come from the environment (CI sets them):
-- JT_TEST_POSTGRES_URL: any database on the server the tests may create databases on
-  (default postgresql:///postgres, the local socket);
-- JT_TEST_REDIS_URL: the Redis server and db number the tests own (default redis://localhost:6379/12);
+- JT_TEST_POSTGRES_URL: any database on the server the tests may create databases on;
+- JT_TEST_REDIS_URL: the Redis server and db number the tests own;
 - AMQP_URL: a RabbitMQ server; tests marked `amqp` skip, saying so, when it is not set.
+When JT_TEST_POSTGRES_URL or JT_TEST_REDIS_URL is not set, the session starts an embedded
+PostgreSQL or Redis (tracker.embedded, from the test extra) in a temporary directory and
+stops it at the end, so the suite runs on a machine with Python alone.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +23,58 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from tracker import store
+from tracker.config import mask_broker_url
 
-POSTGRES_URL = os.environ.get("JT_TEST_POSTGRES_URL", "postgresql:///postgres")
-REDIS_URL = os.environ.get("JT_TEST_REDIS_URL", "redis://localhost:6379/12")
+# Set here, or by pytest_sessionstart (embedded servers) before any test module is imported.
+POSTGRES_URL = os.environ.get("JT_TEST_POSTGRES_URL", "")
+REDIS_URL = os.environ.get("JT_TEST_REDIS_URL", "")
 AMQP_URL = os.environ.get("AMQP_URL")
 
 _counter = itertools.count()
+_stop_embedded: list[Callable[[], None]] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Start embedded PostgreSQL / Redis for the services whose URL is not set."""
+    global POSTGRES_URL, REDIS_URL
+    if POSTGRES_URL and REDIS_URL:
+        return
+    try:
+        from tracker import embedded
+    except ImportError as exc:
+        pytest.exit(f"JT_TEST_POSTGRES_URL / JT_TEST_REDIS_URL are not set and {exc}", 4)
+    base = Path(tempfile.mkdtemp(prefix="jt-test-services-"))
+    _stop_embedded.append(lambda: shutil.rmtree(base, ignore_errors=True))
+    try:
+        if not POSTGRES_URL:
+            # fsync off: the server lives for one session, and the suite commits a lot.
+            postgres = embedded.start_postgres(base / "postgres", durable=False)
+            _stop_embedded.append(postgres.stop)
+            POSTGRES_URL = postgres.url("postgres")
+        if not REDIS_URL:
+            redis = embedded.start_redis(base / "redis")
+            _stop_embedded.append(redis.stop)
+            REDIS_URL = redis.url(12)
+    except embedded.EmbeddedError as exc:
+        pytest.exit(f"cannot start the embedded servers (set JT_TEST_POSTGRES_URL and "
+                    f"JT_TEST_REDIS_URL to use your own): {exc}", 4)  # fmt: skip
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the embedded servers this session started, and remove their files."""
+    while _stop_embedded:
+        _stop_embedded.pop()()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which services the suite runs on."""
+    source = {True: "JT_TEST_*", False: "embedded"}
+    pg = source[bool(os.environ.get("JT_TEST_POSTGRES_URL"))]
+    redis = source[bool(os.environ.get("JT_TEST_REDIS_URL"))]
+    amqp = "AMQP_URL" if AMQP_URL else "AMQP_URL not set: RabbitMQ tests skip"
+    return [f"services: PostgreSQL {store.safe_url(POSTGRES_URL)} ({pg}), "
+            f"Redis {mask_broker_url(REDIS_URL)} ({redis}), RabbitMQ: {amqp}"]  # fmt: skip
 
 
 def _admin() -> sa.Engine:
