@@ -108,8 +108,9 @@ def wait_all_events(engine: sa.Engine, lives: list[lc.Lifecycle], timeout: float
 @pytest.fixture
 def pg_proxy(db_url: str) -> Iterator[tuple[Proxy, str]]:
     """A proxy in front of PostgreSQL and the test database's URL through it."""
-    proxy = Proxy("127.0.0.1", 5432)
-    url = make_url(db_url).set(host="127.0.0.1", port=proxy.port)
+    target = make_url(db_url)  # the embedded server listens on its own port
+    proxy = Proxy(target.host or "127.0.0.1", target.port or 5432)
+    url = target.set(host="127.0.0.1", port=proxy.port)
     yield proxy, url.render_as_string(hide_password=False)
     proxy.close()
 
