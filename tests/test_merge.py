@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import lifecycles as lc
-from tests.helpers import fetch_all, scalar
+from tests.helpers import fetch_all, scalar, wait_for
 from tracker import store
 from tracker.batch import Batch
 from tracker.changes import JobChange
@@ -162,7 +162,8 @@ def test_every_commit_notifies_job_updates(engine: sa.Engine, db_url: str) -> No
     listener.cursor().execute("LISTEN job_updates")
     life = lc.success()
     write(engine, life.events)
-    listener.poll()
+    # Delivered after the commit, asynchronously: over TCP it may not have arrived yet.
+    wait_for(lambda: listener.poll() or listener.notifies, 10, what="a job_updates notification")
     payloads = [orjson.loads(n.payload) for n in listener.notifies]
     listener.close()
     assert payloads == [{"id": life.id, "status": "FINISHED", "percentage": 100,
