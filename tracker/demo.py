@@ -126,12 +126,16 @@ class Child:
         """Everything it printed so far."""
         return self.log_path.read_text(errors="replace")
 
+    def tail(self, lines: int = 12) -> str:
+        """The last lines it printed."""
+        return "\n".join(self.output().splitlines()[-lines:])
+
     def check_alive(self) -> None:
         """Raise DemoError, with the end of its log, if it has exited."""
         code = self.popen.poll()
         if code is not None:
-            tail = "\n".join(self.output().splitlines()[-15:])
-            raise DemoError(f"the {self.name} exited with status {code} ({self.log_path}):\n{tail}")
+            raise DemoError(f"the {self.name} exited with status {code} ({self.log_path}):\n"
+                            f"{self.tail()}")  # fmt: skip
 
     def stop(self) -> None:
         """SIGTERM (the listener flushes, the worker finishes), then SIGKILL if it hangs."""
@@ -163,8 +167,8 @@ def wait_for_text(child: Child, text: str, timeout: float) -> None:
     while text not in child.output():
         child.check_alive()
         if time.monotonic() > deadline:
-            raise DemoError(f"the {child.name} did not get ready in {timeout:.0f}s "
-                            f"(see {child.log_path})")  # fmt: skip
+            raise DemoError(f"the {child.name} did not get ready in {timeout:.0f}s; the end of "
+                            f"{child.log_path}:\n{child.tail()}")  # fmt: skip
         time.sleep(0.1)
 
 
