@@ -1,0 +1,1 @@
+"""Throughput benchmark of job-tracker: load generator, reference consumers and the runner."""
