@@ -59,6 +59,12 @@ CREATE INDEX IF NOT EXISTS jobs_document_type_idx ON jobs (document_type, start_
 CREATE INDEX IF NOT EXISTS jobs_end_date_idx ON jobs (end_date) WHERE end_date IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_root_idx ON jobs (root_id) WHERE root_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_task_name_idx ON jobs (task_name, start_date DESC);
+-- `jobs --status S` within dates, and the FAILED jobs of a statistics window.
+CREATE INDEX IF NOT EXISTS jobs_status_start_idx ON jobs (status, start_date DESC);
+-- Statistics read a window of start_date from this index alone (index-only scan),
+-- never the table: every column they aggregate is included.
+CREATE INDEX IF NOT EXISTS jobs_window_idx ON jobs (start_date)
+    INCLUDE (status, document_type, task_name, duration_seconds, started_at);
 
 CREATE TABLE IF NOT EXISTS job_events (
     id          bigserial PRIMARY KEY,

@@ -17,7 +17,14 @@ from rich.console import Console
 from tests.helpers import fetch_all, job_tracker, running, scalar, wait_for
 from tests.jobfactory import add_job, event, hour_base, write
 from tracker.cli import main
-from tracker.cli_query import fmt_age, fmt_duration, parse_when, render_live, sparkline
+from tracker.cli_query import (
+    fmt_age,
+    fmt_duration,
+    page_caption,
+    parse_when,
+    render_live,
+    sparkline,
+)
 from tracker.models import InvalidRequest, JobProgressUpdate
 from tracker.service import JobService
 from tracker.status import JobStatus
@@ -78,6 +85,8 @@ def test_jobs_table_json_paging_and_filters(engine: sa.Engine, db_url: str) -> N
         return page["total"], [item["id"] for item in page["items"]]
 
     assert ids() == (3, [recent, old, older])
+    capped = orjson.loads(ok("jobs", "--json", "--database", db_url, "--limit", "1"))
+    assert (capped["total"], capped["total_is_capped"]) == (3, False)
     assert ids("--limit", "1", "--offset", "1") == (3, [old])
     assert ids("--status", "failed") == (1, [old])
     assert ids("--type", "docx") == (1, [recent])
@@ -87,6 +96,21 @@ def test_jobs_table_json_paging_and_filters(engine: sa.Engine, db_url: str) -> N
     assert ids("--since", "2000-01-01", "--task", "examples.ingest.extract")[0] == 3
     assert ids("--offset", "5") == (3, [])
     assert "no jobs at offset 5 (3 match)" in ok("jobs", "--offset", "5", "--database", db_url)
+
+
+def test_jobs_total_capped_and_exact(
+    engine: sa.Engine, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(3):
+        add_job(engine, hour_base(2) + i * 10, wait=1, run=1, outcome="succeeded")
+    monkeypatch.setattr("tracker.cli_query.DEFAULT_COUNT_LIMIT", 2)
+    page = orjson.loads(ok("jobs", "--json", "--limit", "1", "--database", db_url))
+    assert (page["total"], page["total_is_capped"], len(page["items"])) == (2, True, 1)
+    assert "showing 1-1 of more than 2 jobs" in ok("jobs", "--limit", "1", "--database", db_url)
+    exact = orjson.loads(ok("jobs", "--json", "--exact-total", "--limit", "1",
+                            "--database", db_url))  # fmt: skip
+    assert (exact["total"], exact["total_is_capped"]) == (3, False)
+    assert page_caption(10000, 9, 0, capped=True) == "no jobs at offset 9 (more than 10000 match)"
 
 
 def test_show_every_field_and_the_timeline(engine: sa.Engine, db_url: str) -> None:

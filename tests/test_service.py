@@ -234,6 +234,30 @@ def test_search_pages_newest_first_with_totals(engine: sa.Engine) -> None:
     assert service.search_jobs()[1] == 13
 
 
+def test_search_total_is_exact_up_to_the_count_limit(engine: sa.Engine) -> None:
+    base = hour_base(5)
+    ids = [add_job(engine, base + i * 10, wait=1, run=1, outcome="succeeded") for i in range(7)]
+    service = JobService(engine)
+    page = service.search_page(JobSearchRequest(limit=2, count_limit=3))
+    assert (page.total, page.total_is_capped) == (3, True)
+    assert [job.id for job in page.items] == ids[::-1][:2]
+    assert service.search_jobs(JobSearchRequest(limit=2, count_limit=3)) == (page.items, 3)
+    # Exactly the limit, more than it, no limit at all.
+    assert service.search_page(JobSearchRequest(count_limit=7)).total_is_capped is False
+    assert service.search_page(JobSearchRequest(count_limit=7)).total == 7
+    exact = service.search_page(JobSearchRequest(limit=1, count_limit=None))
+    assert (exact.total, exact.total_is_capped, len(exact.items)) == (7, False, 1)
+    # The count always reaches the end of the requested page, also past the limit.
+    deep = service.search_page(JobSearchRequest(limit=2, offset=4, count_limit=3))
+    assert (deep.total, deep.total_is_capped) == (6, True)
+    assert [job.id for job in deep.items] == ids[::-1][4:6]
+    past = service.search_page(JobSearchRequest(limit=2, offset=9, count_limit=3))
+    assert (past.total, past.total_is_capped, past.items) == (7, False, [])
+    assert JobSearchRequest().count_limit == 10_000
+    with pytest.raises(ValidationError, match="count_limit"):
+        JobSearchRequest(count_limit=0)
+
+
 def test_search_filters(engine: sa.Engine) -> None:
     base = hour_base(5)
     failed = add_job(engine, base, wait=1, run=2, outcome="failed", priority="HIGH")

@@ -28,6 +28,7 @@ from tracker import store
 from tracker.cli import database_option, main
 from tracker.config import DEFAULT_BROKER
 from tracker.models import (
+    DEFAULT_COUNT_LIMIT,
     InvalidRequest,
     JobDetail,
     JobEventResponse,
@@ -182,13 +183,16 @@ def one_line(text: str) -> Text:
     return Text(text, no_wrap=True, overflow="ellipsis")
 
 
-def page_caption(total: int, offset: int, shown: int) -> str:
-    """'showing 1-50 of 123 jobs', or why nothing is shown."""
+def page_caption(total: int, offset: int, shown: int, capped: bool = False) -> str:
+    """'showing 1-50 of 123 jobs' (or 'of more than 10000 jobs'), or why nothing is shown."""
     if total == 0:
         return "no jobs match"
+    count = f"more than {total}" if capped else str(total)
     if shown == 0:
-        return f"no jobs at offset {offset} ({total} match)"
-    return f"showing {offset + 1}-{offset + shown} of {total} job{'s' if total != 1 else ''}"
+        return f"no jobs at offset {offset} ({count} match)"
+    return (
+        f"showing {offset + 1}-{offset + shown} of {count} job{'s' if capped or total != 1 else ''}"
+    )
 
 
 def field_value(value: Any) -> Text | str:
@@ -249,22 +253,29 @@ def history_table(history: list[JobEventResponse], start: datetime) -> Table:
 @click.option("--until", help="Started at or before: ISO date/time (local) or an age (2h).")
 @click.option("--limit", type=int, default=50, show_default=True, help="Jobs per page (1-1000).")
 @click.option("--offset", type=int, default=0, show_default=True, help="Jobs to skip.")
+@click.option(
+    "--exact-total",
+    is_flag=True,
+    help=f"Count every match (by default counting stops after {DEFAULT_COUNT_LIMIT}).",
+)
 @json_option
 @database_option
 def jobs_command(database_url: str, as_json: bool, since: str | None, until: str | None,
-                 **filters: Any) -> None:  # fmt: skip
-    """List jobs, newest first, with the number of all matches."""
+                 exact_total: bool, **filters: Any) -> None:  # fmt: skip
+    """List jobs, newest first, with the number of matches."""
     with job_service(database_url) as service:
         request = JobSearchRequest(
             date_from=parse_when(since, "--since"), date_to=parse_when(until, "--until"),
+            count_limit=None if exact_total else DEFAULT_COUNT_LIMIT,
             **{k: v.upper() if k in ("status", "priority") and v else v
                for k, v in filters.items()},
         )  # fmt: skip
-        items, total = service.search_jobs(request)
+        page = service.search_page(request)
     if as_json:
-        print_json(JobPage(total=total, items=items))
+        print_json(page)
         return
-    console().print(jobs_table(items, page_caption(total, request.offset, len(items))))
+    caption = page_caption(page.total, request.offset, len(page.items), page.total_is_capped)
+    console().print(jobs_table(page.items, caption))
 
 
 @main.command("show")

@@ -24,6 +24,8 @@ from tracker.status import TERMINAL, JobPriority, JobStatus
 # Ids and names are stored as text of at most 255 characters (see mapping.py).
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 MAX_LIMIT = 1000
+# A search counts its matches exactly up to this many by default (see JobSearchRequest).
+DEFAULT_COUNT_LIMIT = 10_000
 
 
 class ServiceError(Exception):
@@ -105,7 +107,12 @@ class WatchRequest(JobRef):
 
 
 class JobSearchRequest(Request):
-    """Filters and paging of a job search; dates filter on start_date (inclusive)."""
+    """Filters and paging of a job search; dates filter on start_date (inclusive).
+
+    `count_limit`: the total is exact up to this many matches (at least up to the end of
+    the requested page); beyond it the search reports that limit with `total_is_capped`.
+    None counts every match, which reads every matching row (seconds over millions).
+    """
 
     status: JobStatus | None = None
     document_type: Identifier | None = None
@@ -116,6 +123,14 @@ class JobSearchRequest(Request):
     date_to: datetime | None = None
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT)
     offset: int = Field(default=0, ge=0)
+    count_limit: int | None = Field(default=DEFAULT_COUNT_LIMIT, ge=1)
+
+    @property
+    def total_cap(self) -> int | None:
+        """Matches counted exactly: count_limit, or the end of the page when further."""
+        if self.count_limit is None:
+            return None
+        return max(self.count_limit, self.offset + self.limit)
 
     @field_validator("date_from", "date_to")
     @classmethod
@@ -209,10 +224,15 @@ class JobEventResponse(BaseModel):
 
 
 class JobPage(BaseModel):
-    """A page of jobs and the number of all matches."""
+    """A page of jobs and the number of all matches.
+
+    With `total_is_capped`, more than `total` jobs match (the count stopped there; see
+    `JobSearchRequest.count_limit`).
+    """
 
     total: int
     items: list[JobResponse]
+    total_is_capped: bool = False
 
 
 class JobDetail(BaseModel):

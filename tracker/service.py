@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,7 @@ from tracker.models import (
     JobEventResponse,
     JobNotCancellable,
     JobNotFound,
+    JobPage,
     JobProgressUpdate,
     JobRef,
     JobResponse,
@@ -66,6 +68,15 @@ log = get_logger("service")
 # A cancel orders like Celery's task-revoked (mapping.RULES), so the merge treats both alike.
 CANCEL_PRECEDENCE = 7
 TOP_FAILURES = 5
+STATS_QUERIES = {
+    "totals": queries.STATS_TOTALS,
+    "by_kind": queries.STATS_BY_KIND,
+    "failures": queries.STATS_TOP_FAILURES,
+    "hours": queries.STATS_PER_HOUR,
+}
+# Groups of statistics queries run at once on connections of their own, in one snapshot;
+# each group takes about as long as the others over a large window.
+STATS_GROUPS = (("by_kind",), ("totals", "hours"), ("failures",))
 Row = sa.RowMapping
 
 
@@ -74,7 +85,12 @@ class JobService:
 
     def __init__(self, database: str | URL | Engine, celery_app: Any = None) -> None:
         self._owns_engine = not isinstance(database, Engine)
-        self.engine = database if isinstance(database, Engine) else store.create_engine(database)
+        # Statistics use one connection per group of queries at once (STATS_GROUPS).
+        self.engine = (
+            database
+            if isinstance(database, Engine)
+            else store.create_engine(database, pool_size=len(STATS_GROUPS))
+        )
         self.celery_app = celery_app
 
     def close(self) -> None:
@@ -133,15 +149,29 @@ class JobService:
         return JobResponse.model_validate(dict(rows[0]))
 
     def search_jobs(self, request: JobSearchRequest | None = None) -> tuple[list[JobResponse], int]:
-        """A page of matching jobs, newest first, and the number of all matches."""
+        """A page of matching jobs, newest first, and the number of matches.
+
+        The number is exact up to `request.total_cap` (10 000 by default, or the end of the
+        page); when more jobs match it is that cap: `search_page` also says whether it is.
+        """
+        page = self.search_page(request)
+        return page.items, page.total
+
+    def search_page(self, request: JobSearchRequest | None = None) -> JobPage:
+        """A page of matching jobs, newest first, the total and whether it is capped."""
         request = request or JobSearchRequest()
-        params = request.model_dump()
+        cap = request.total_cap
+        params = request.model_dump(exclude={"count_limit"})
+        params["count_limit"] = None if cap is None else cap + 1  # one more tells "more"
         with self._connect() as conn:
             rows = conn.execute(queries.SEARCH_JOBS, params).mappings().all()
-            total = int(rows[0]["total"]) if rows else 0
+            counted = int(rows[0]["total"]) if rows else 0
             if not rows and request.offset:  # past the end: the page cannot tell the total
-                total = int(conn.execute(queries.COUNT_JOBS, params).scalar_one())
-        return [JobResponse.model_validate(dict(r)) for r in rows], total
+                counted = int(conn.execute(queries.COUNT_JOBS, params).scalar_one())
+        items = [JobResponse.model_validate(dict(r)) for r in rows]
+        if cap is not None and counted > cap:
+            return JobPage(total=cap, total_is_capped=True, items=items)
+        return JobPage(total=counted, items=items)
 
     def get_active_jobs(self, user_id: str | None = None) -> list[JobResponse]:
         """PENDING, WAITING_FOR_REMOTE_WORKER and PROCESSING jobs, newest first."""
@@ -165,19 +195,37 @@ class JobService:
         until = datetime.now(UTC)
         since = until - timedelta(days=request.days)
         params = {"user_id": request.user_id, "since": since, "until": until, "top": TOP_FAILURES}
-        # One snapshot for all parts, so the numbers add up even while the listener writes.
+        # One snapshot for all parts, so the numbers add up even while the listener writes:
+        # the other connections import the first one's snapshot, and the parts run at the
+        # same time (each is CPU-bound in its own PostgreSQL backend).
+        first, *others = STATS_GROUPS
         with self._connect(isolation_level="REPEATABLE READ", postgresql_readonly=True) as conn:
-            parts = {
-                name: conn.execute(query, params).mappings().all()
-                for name, query in (
-                    ("totals", queries.STATS_TOTALS),
-                    ("by_status", queries.STATS_BY_STATUS),
-                    ("by_kind", queries.STATS_BY_KIND),
-                    ("failures", queries.STATS_TOP_FAILURES),
-                    ("hours", queries.STATS_PER_HOUR),
-                )
-            }
+            snapshot = conn.execute(queries.EXPORT_SNAPSHOT).scalar_one()
+            with ThreadPoolExecutor(max_workers=len(others)) as pool:
+                futures = [
+                    pool.submit(self._statistics_parts, names, params, snapshot) for names in others
+                ]
+                parts = self._statistics_parts(first, params, conn=conn)
+                for future in futures:
+                    parts.update(future.result())
         return _statistics(request, since, parts)
+
+    def _statistics_parts(
+        self,
+        names: Sequence[str],
+        params: dict[str, Any],
+        snapshot: str | None = None,
+        conn: sa.Connection | None = None,
+    ) -> dict[str, Sequence[Row]]:
+        """Rows of some statistics queries, on `conn` or in `snapshot` on a connection of
+        their own."""
+        if conn is None:
+            with self._connect(isolation_level="REPEATABLE READ", postgresql_readonly=True) as own:
+                own.execute(queries.IMPORT_SNAPSHOT, {"snapshot": snapshot})
+                return self._statistics_parts(names, params, conn=own)
+        for setting in queries.STATS_SETTINGS:
+            conn.execute(setting)
+        return {name: conn.execute(STATS_QUERIES[name], params).mappings().all() for name in names}
 
     # ------------------------------------------------------------ cancel
 
@@ -375,8 +423,7 @@ def _statistics(
 ) -> JobStatistics:
     """The statistics model from the rows of the statistics queries."""
     totals = parts["totals"][0]
-    by_status = {s.value: 0 for s in JobStatus}
-    by_status.update({r["status"]: int(r["jobs"]) for r in parts["by_status"]})
+    by_status = {s.value: int(totals[s.value]) for s in JobStatus}
     kinds = parts["by_kind"]
     return JobStatistics(
         total_jobs=totals["total_jobs"],
