@@ -231,8 +231,8 @@ class JobPage(BaseModel):
     """
 
     total: int
-    items: list[JobResponse]
     total_is_capped: bool = False
+    items: list[JobResponse]
 
 
 class JobDetail(BaseModel):
