@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from bench.wire import Expected
 
 POSTGRES_URL = os.environ.get("JT_BENCH_POSTGRES_URL", "postgresql:///postgres")
-TEMPLATE = "jt_bench_template"
+TEMPLATE = f"jt_bench_template_{os.getpid()}"  # one per run: runs may overlap
 REPO = Path(__file__).resolve().parent.parent
 
 

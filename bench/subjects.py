@@ -238,6 +238,8 @@ class Listen(Subject):
             self.db_url,
             "--stats-interval",
             "5",
+            "--spool-dir",
+            f"/tmp/jt-bench-spool-{self.db_name}",  # own spool: runs may overlap
             *self.options,
         )
         return args + (["--queue", queue] if queue else [])

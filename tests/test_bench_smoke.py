@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from bench import db as bench_db
 from bench import loadgen, wire
-from tests.helpers import job_tracker, running, scalar, wait_for
+from tests.helpers import job_tracker, running, scalar, wait_consuming, wait_for
 
 
 def test_generator_reproduces_real_worker_messages_byte_for_byte() -> None:
@@ -40,12 +40,20 @@ def test_every_generated_event_is_persisted_by_listen(
     db_number = loadgen.redis_db(redis_url)
     prep = loadgen.prepare(wire.StreamSpec(tasks=300, seed=11), "redis", db_number)
     ours = list(prep.expected)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JOB_TRACKER_LOG_JSON="true")
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        JOB_TRACKER_LOG_JSON="true",
+        JOB_TRACKER_SPOOL_DIR=str(tmp_path / "spool"),
+    )
     args = job_tracker("listen", "--broker", redis_url, "--database", db_url,
                        "--flush-interval", "0.05")  # fmt: skip
     count_sql = (f"SELECT count(*) FROM job_events WHERE job_id = ANY(:ids) "
                  f"AND {bench_db.GENERATED}")  # fmt: skip
     with running(args, env, tmp_path / "listen.log") as proc:
+        # Our own listener must be subscribed: another one on this db would satisfy
+        # wait_subscribed alone (tests run concurrently on a shared machine).
+        wait_consuming(proc)
         client = loadgen.redis_client(redis_url)
         loadgen.wait_subscribed(client, db_number)
         loadgen.publish_flat(client, prep)

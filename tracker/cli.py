@@ -81,6 +81,10 @@ def _split_queues(_ctx: Any, _param: Any, value: tuple[str, ...]) -> frozenset[s
 @click.option("--event-exchange", envvar="CELERY_EVENT_EXCHANGE", show_envvar=True,
               help="Celery's event exchange, if your apps changed `event_exchange` "
                    "[default: celeryev].")  # fmt: skip
+@click.option("--intake", type=click.Choice(["auto", "kombu"]), default="auto",
+              envvar="JOB_TRACKER_INTAKE", show_default=True, show_envvar=True,
+              help="auto: read plain Redis brokers' event fanout directly (fast path); "
+                   "kombu: always consume through kombu, like Celery's EventReceiver.")  # fmt: skip
 @click.option("--batch-size", envvar="JOB_TRACKER_BATCH_SIZE", default=2000, show_default=True,
               show_envvar=True, type=click.IntRange(1, 100_000),
               help="Most events written in one transaction.")  # fmt: skip

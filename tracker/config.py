@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from kombu.utils.url import maybe_sanitize_url
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,7 @@ class ListenSettings(BaseModel):
     remote_queues: frozenset[str] = frozenset()
     queue: str | None = Field(default=None, description="durable AMQP queue for at-least-once")
     event_exchange: str | None = None
+    intake: Literal["auto", "kombu"] = "auto"
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     flush_interval: float = Field(default=0.1, gt=0, le=10)
     prefetch: int = Field(default=4000, ge=1, le=65_535)

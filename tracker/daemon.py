@@ -19,6 +19,7 @@ from tracker.counters import Counters
 from tracker.intake import Intake, build_app
 from tracker.log import get_logger
 from tracker.reconcile import Reconciler
+from tracker.redis_intake import RedisIntake, fast_path_possible
 from tracker.spool import Spool
 from tracker.writer import Writer
 
@@ -90,7 +91,8 @@ def listen(settings: ListenSettings) -> int:
     app = build_app(settings)
     inbox: queue.Queue[Any] = queue.Queue(maxsize=settings.buffer_messages)
     counters = Counters()
-    intake = Intake(app, settings, inbox, counters, spool=spool)
+    intake_class = RedisIntake if fast_path_possible(app, settings) else Intake
+    intake = intake_class(app, settings, inbox, counters, spool=spool)
     writer = Writer(engine, settings, inbox, intake.committed, counters, spool=spool)
     writer.start()
     reconciler = start_reconciler(engine, app, settings, intake)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import math
@@ -140,3 +141,29 @@ def event_key(raw: Mapping[str, Any]) -> str:
     except TypeError:
         blob = json.dumps(identity, sort_keys=True, default=repr).encode()
     return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+
+# Marks an Envelope whose body is kombu's Redis message envelope, not yet unwrapped.
+KOMBU_REDIS_ENVELOPE = "application/x-kombu-redis-envelope"
+
+
+def unwrap_kombu_redis(raw: bytes | str) -> tuple[bytes | str, str | None]:
+    """The body and content type inside kombu's Redis envelope, as kombu decodes them."""
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"kombu envelope is not JSON: {str(exc)[:120]}") from None
+    if not isinstance(envelope, dict) or "body" not in envelope:
+        raise ValueError("kombu envelope has no body")
+    body = envelope["body"]
+    properties = envelope.get("properties")
+    encoding = properties.get("body_encoding") if isinstance(properties, dict) else None
+    if encoding == "base64":
+        try:
+            body = base64.b64decode(body, validate=True)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"kombu envelope body is not base64: {exc}") from None
+    elif not isinstance(body, str | bytes):
+        raise ValueError("kombu envelope body is not text")
+    content_type = envelope.get("content-type")
+    return body, content_type if isinstance(content_type, str) else None

@@ -228,8 +228,7 @@ class Intake:
     def _shutdown(self, writer: Any) -> None:
         """Stop consuming, let the writer flush, acknowledge, close."""
         try:
-            if self.consumer is not None:
-                self.consumer.cancel()
+            self._cancel()
         except Exception as exc:
             log.warning("cancel_failed", error=repr(exc)[:200])
         writer.stop()
@@ -237,6 +236,11 @@ class Intake:
             self._safe_acks()
         self._safe_acks()
         self._close()
+
+    def _cancel(self) -> None:
+        """Stop the consumer: the broker delivers nothing more (unacked ones are requeued)."""
+        if self.consumer is not None:
+            self.consumer.cancel()
 
     def _safe_acks(self) -> None:
         """Send due acknowledgements, ignoring a dead connection (the broker redelivers)."""

@@ -28,7 +28,7 @@ from tracker.committer import Committer
 from tracker.config import ListenSettings
 from tracker.counters import Counters
 from tracker.envelope import Envelope
-from tracker.events import decode_message
+from tracker.events import KOMBU_REDIS_ENVELOPE, decode_message, unwrap_kombu_redis
 from tracker.log import get_logger
 from tracker.mapping import ORPHANED, MappingContext, map_event
 from tracker.spool import Spool
@@ -143,10 +143,17 @@ class Writer(threading.Thread):
         """Decode one message and add its task events to the open batch."""
         now = time.monotonic()
         self.counters.messages += 1
-        if envelope.content_type not in JSON_TYPES:
-            self._skip(f"unsupported content type {str(envelope.content_type)[:80]!r}")
+        body, content_type = envelope.body, envelope.content_type
+        if content_type == KOMBU_REDIS_ENVELOPE:
+            try:
+                body, content_type = unwrap_kombu_redis(body)  # type: ignore[arg-type]
+            except ValueError as exc:
+                self._skip(str(exc))
+                return
+        if content_type not in JSON_TYPES:
+            self._skip(f"unsupported content type {str(content_type)[:80]!r}")
         else:
-            decoded = decode_message(envelope.body, envelope.received_at)
+            decoded = decode_message(body, envelope.received_at)
             for reason in decoded.errors:
                 self._skip(reason)
             for event in decoded.events:
