@@ -135,7 +135,12 @@ def _short_str(value: Any) -> str | None:
 
 def event_key(raw: Mapping[str, Any]) -> str:
     """Content hash of an event: a redelivered or duplicated event has the same key."""
-    identity = {k: v for k, v in raw.items() if k not in RECEIVER_FIELDS}
+    # Raw wire events never carry receiver fields; copy only when one is present.
+    identity = (
+        {k: v for k, v in raw.items() if k not in RECEIVER_FIELDS}
+        if not RECEIVER_FIELDS.isdisjoint(raw)
+        else raw
+    )
     try:
         blob = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     except TypeError:

@@ -201,6 +201,14 @@ KNOWN_FIELDS: dict[str, frozenset[str]] = {
 }  # fmt: skip
 
 
+# Per event type, the known fields kept in the history row's details (in a stable order).
+DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
+    event_type: tuple(sorted(known - {"args", "kwargs", "name", "percentage", "message",
+                                      *DOCUMENT_FIELDS}))
+    for event_type, known in KNOWN_FIELDS.items()
+}  # fmt: skip
+
+
 def map_event(event: Event, ctx: MappingContext) -> Mapped:
     """The job change and history row for one task event (event.uuid must be set)."""
     assert event.uuid is not None
@@ -324,9 +332,8 @@ def _history(
 
 def _details_of(event: Event) -> dict[str, Any]:
     """The event's own fields worth keeping in history (exception, result, runtime...)."""
-    known = KNOWN_FIELDS.get(event.type, frozenset())
-    keep = known - {"args", "kwargs", "name", "percentage", "message", *DOCUMENT_FIELDS}
-    return {k: event.fields[k] for k in sorted(keep) if k in event.fields}
+    fields = event.fields
+    return {k: fields[k] for k in DETAIL_FIELDS.get(event.type, ()) if k in fields}
 
 
 def _error_details(event: Event) -> str | None:

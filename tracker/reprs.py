@@ -35,15 +35,15 @@ def literal_kwargs(kwargs: Any) -> Mapping[str, Any] | None:
         return kwargs
     if not isinstance(kwargs, str) or not kwargs or len(kwargs) > MAX_REPR_CHARS:
         return None
-    # Parsing is the costliest step of the mapping: skip reprs naming none of our fields.
-    if not any(name in kwargs for name in DOCUMENT_FIELDS):
-        return None
     return _parse_kwargs(kwargs)
 
 
 @lru_cache(maxsize=4096)
 def _parse_kwargs(kwargs: str) -> Mapping[str, Any] | None:
     """literal_eval of a kwargs repr (cached: sent and received carry the same one)."""
+    # Parsing is the costliest step of the mapping: skip reprs naming none of our fields.
+    if not any(name in kwargs for name in DOCUMENT_FIELDS):
+        return None
     try:
         value = ast.literal_eval(kwargs)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
