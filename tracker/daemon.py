@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
 
 from celery import Celery
 from sqlalchemy.engine import Engine
@@ -16,6 +14,7 @@ from sqlalchemy.engine import Engine
 from tracker import __version__, store
 from tracker.config import ListenSettings, mask_broker_url
 from tracker.counters import Counters
+from tracker.envelope import Inbox
 from tracker.intake import Intake, build_app
 from tracker.log import get_logger
 from tracker.reconcile import Reconciler
@@ -89,7 +88,7 @@ def listen(settings: ListenSettings) -> int:
         log.warning("spool_replay", events=spool.pending, spool_dir=str(spool.directory))
     engine = wait_for_schema(settings, stop)
     app = build_app(settings)
-    inbox: queue.Queue[Any] = queue.Queue(maxsize=settings.buffer_messages)
+    inbox = Inbox(limit=settings.buffer_messages)
     counters = Counters()
     intake_class = RedisIntake if fast_path_possible(app, settings) else Intake
     intake = intake_class(app, settings, inbox, counters, spool=spool)

@@ -23,7 +23,7 @@ from kombu.messaging import Consumer
 
 from tracker.config import ListenSettings, mask_broker_url
 from tracker.counters import Counters
-from tracker.envelope import Envelope
+from tracker.envelope import Envelope, Inbox
 from tracker.log import get_logger
 from tracker.spool import Spool
 
@@ -72,7 +72,7 @@ class Intake:
         self,
         app: Celery,
         settings: ListenSettings,
-        inbox: queue.Queue[Any],
+        inbox: Inbox,
         counters: Counters,
         spool: Spool | None = None,
         on_gap: Callable[[float, float], None] | None = None,
@@ -113,13 +113,12 @@ class Intake:
             self.inbox.put(envelope)
             return
         if not self.spool.active:
-            try:
-                self.inbox.put_nowait(envelope)
+            if self.inbox.offer(envelope):
                 return
-            except queue.Full:
-                log.warning("spooling", reason="in-memory buffer full",
-                            spool_dir=str(self.spool.directory))  # fmt: skip
-        self.spool.append(envelope)
+            log.warning("spooling", reason="in-memory buffer full",
+                        spool_dir=str(self.spool.directory))  # fmt: skip
+        for single in envelope.split():
+            self.spool.append(single)
         self.counters.spool_events = self.spool.pending
 
     def run(self, stop: threading.Event, writer: Any) -> None:

@@ -27,7 +27,7 @@ from tracker.batch import Batch
 from tracker.committer import Committer
 from tracker.config import ListenSettings
 from tracker.counters import Counters
-from tracker.envelope import Envelope
+from tracker.envelope import Envelope, Inbox
 from tracker.events import KOMBU_REDIS_ENVELOPE, decode_message, unwrap_kombu_redis
 from tracker.log import get_logger
 from tracker.mapping import ORPHANED, MappingContext, map_event
@@ -47,7 +47,7 @@ class Writer(threading.Thread):
         self,
         engine: Engine,
         settings: ListenSettings,
-        inbox: queue.Queue[Any],
+        inbox: Inbox,
         on_committed: Callable[[list[Any]], None],
         counters: Counters | None = None,
         spool: Spool | None = None,
@@ -107,7 +107,7 @@ class Writer(threading.Thread):
         if self.replay:
             return self.replay.popleft()
         try:
-            return self.inbox.get_nowait()  # type: ignore[no-any-return]
+            return self.inbox.get_nowait()
         except queue.Empty:
             pass
         if self.spool is not None and self.spool.active and not self.stopping.is_set():
@@ -118,7 +118,7 @@ class Writer(threading.Thread):
         if self.stopping.is_set():
             return None
         try:
-            return self.inbox.get(timeout=self._wait_time())  # type: ignore[no-any-return]
+            return self.inbox.get(timeout=self._wait_time())
         except queue.Empty:
             return None
 
@@ -140,6 +140,11 @@ class Writer(threading.Thread):
     # ------------------------------------------------------------ intake of one message
 
     def take(self, envelope: Envelope) -> None:
+        """Decode the envelope's messages and add their task events to the open batch."""
+        for single in envelope.split():
+            self._take_one(single)
+
+    def _take_one(self, envelope: Envelope) -> None:
         """Decode one message and add its task events to the open batch."""
         now = time.monotonic()
         self.counters.messages += 1
@@ -196,8 +201,7 @@ class Writer(threading.Thread):
                 item = self.inbox.get_nowait()
             except queue.Empty:
                 return items
-            if isinstance(item, Envelope):
-                items.append(item)
+            items.append(item)
 
     def _spool_inbox(self) -> None:
         """After the committer gave up: keep unread messages on disk for the next start."""
@@ -206,7 +210,8 @@ class Writer(threading.Thread):
             log.error("events_lost", messages=len(rest), reason="no spool")
             return
         for envelope in rest:
-            self.spool.append(envelope)
+            for single in envelope.split():
+                self.spool.append(single)
         log.warning("spooled_at_stop", messages=len(rest), spool_dir=str(self.spool.directory))
 
     # ------------------------------------------------------------ periodic work
