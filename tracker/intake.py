@@ -117,8 +117,7 @@ class Intake:
                 return
             log.warning("spooling", reason="in-memory buffer full",
                         spool_dir=str(self.spool.directory))  # fmt: skip
-        for single in envelope.split():
-            self.spool.append(single)
+        self.spool.append_many(envelope.split())
         self.counters.spool_events = self.spool.pending
 
     def run(self, stop: threading.Event, writer: Any) -> None:

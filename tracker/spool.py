@@ -84,13 +84,17 @@ class Spool:
 
     def append(self, envelope: Envelope) -> None:
         """Write one envelope at the end of the spool (intake thread)."""
-        record = encode(envelope)
+        self.append_many([envelope])
+
+    def append_many(self, envelopes: list[Envelope]) -> None:
+        """Write envelopes at the end of the spool in one write (intake thread)."""
+        records = b"".join(encode(e) for e in envelopes)
         with self._lock:
             if self._writer is None:
                 self._writer = self._path(self._write_seq).open("ab")
-            self._writer.write(record)
+            self._writer.write(records)
             self._writer.flush()
-            self.pending += 1
+            self.pending += len(envelopes)
             self.active = True
             now = time.monotonic()
             if now - self._last_sync >= FSYNC_INTERVAL:

@@ -210,8 +210,7 @@ class Writer(threading.Thread):
             log.error("events_lost", messages=len(rest), reason="no spool")
             return
         for envelope in rest:
-            for single in envelope.split():
-                self.spool.append(single)
+            self.spool.append_many(envelope.split())
         log.warning("spooled_at_stop", messages=len(rest), spool_dir=str(self.spool.directory))
 
     # ------------------------------------------------------------ periodic work
