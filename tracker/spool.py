@@ -114,44 +114,52 @@ class Spool:
     # ------------------------------------------------------------ writer side
 
     def take(self, limit: int) -> list[Envelope]:
-        """Up to `limit` envelopes, oldest first; deactivates the spool once it is drained."""
-        with self._lock:
-            if self._writer is not None:
-                self._writer.flush()
-            items: list[Envelope] = []
-            while len(items) < limit:
-                path = self._path(self._read_seq)
-                chunk, eof = _read_from(path, self._read_offset)
-                consumed = 0
-                for envelope, end in _records(chunk):
-                    items.append(envelope)
-                    consumed = end
-                    if len(items) >= limit:
-                        break
-                self._read_offset += consumed
+        """Up to `limit` envelopes, oldest first; deactivates the spool once it is drained.
+
+        Reading and parsing happen outside the lock, so that the intake's appends never
+        wait for them (an intake that stops reading is one Redis disconnects).
+        """
+        items: list[Envelope] = []
+        while len(items) < limit:
+            with self._lock:
+                seq, offset = self._read_seq, self._read_offset
+                live = seq == self._write_seq
+            path = self._path(seq)
+            chunk, eof = _read_from(path, offset)
+            consumed = 0
+            for envelope, end in _records(chunk):
+                items.append(envelope)
+                consumed = end
                 if len(items) >= limit:
                     break
-                if not eof:
-                    continue
-                if not self._advance_segment(path):
-                    break
+            self._read_offset = offset + consumed  # only this (writer) thread moves it
+            if len(items) >= limit or not eof:
+                continue
+            if live and consumed < len(chunk):
+                break  # the intake is writing that record right now: take it next time
+            if not self._advance_segment(path, seq):
+                break
+        with self._lock:
             self.pending = max(0, self.pending - len(items))
-            return items
+        return items
 
-    def _advance_segment(self, path: Path) -> bool:
+    def _advance_segment(self, path: Path, seq: int) -> bool:
         """After reading a whole segment: delete it and move on; False at the live end."""
-        path.unlink(missing_ok=True)
-        if self._read_seq == self._write_seq:
-            # Appends hold the lock we hold: the live segment is drained, so the
-            # intake may use the in-memory inbox again.
-            self._close_writer()
-            self._write_seq += 1
-            self._read_seq, self._read_offset = self._write_seq, 0
-            self.pending = 0
-            self.active = False
-            return False
-        self._read_seq, self._read_offset = self._read_seq + 1, 0
-        return True
+        with self._lock:
+            if seq == self._write_seq:
+                if path.exists() and path.stat().st_size > self._read_offset:
+                    return True  # appended to since we read it: read on
+                # Drained: the intake may use the in-memory inbox again.
+                self._close_writer()
+                path.unlink(missing_ok=True)
+                self._write_seq += 1
+                self._read_seq, self._read_offset = self._write_seq, 0
+                self.pending = 0
+                self.active = False
+                return False
+            path.unlink(missing_ok=True)
+            self._read_seq, self._read_offset = self._read_seq + 1, 0
+            return True
 
     def close(self) -> None:
         """fsync and release the directory."""
