@@ -8,7 +8,8 @@ this boundary into `TransientStoreError` (retry the same batch later) and
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -82,6 +83,15 @@ def describe_error(exc: BaseException) -> str:
     return (text[0] if text else type(orig).__name__)[:500]
 
 
+@contextmanager
+def translated() -> Iterator[None]:
+    """Run a block whose driver errors become StoreError subclasses (see `translate`)."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        raise translate(exc) from exc
+
+
 def translate(exc: sa.exc.SQLAlchemyError) -> StoreError:
     """Classify a SQLAlchemy error as transient or bad data."""
     message = describe_error(exc)
@@ -134,28 +144,22 @@ def installed_version(conn: sa.Connection) -> int | None:
 
 def apply_schema(engine: Engine) -> int:
     """Apply schema.sql idempotently; refuse a database with a newer schema version."""
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
-            version = installed_version(conn)
-            if version is not None and version > SCHEMA_VERSION:
-                raise SchemaError(
-                    f"the database holds job-tracker schema version {version}, newer than "
-                    f"version {SCHEMA_VERSION} that this job-tracker knows; upgrade job-tracker"
-                )
-            conn.exec_driver_sql(schema_sql())
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        version = installed_version(conn)
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database holds job-tracker schema version {version}, newer than "
+                f"version {SCHEMA_VERSION} that this job-tracker knows; upgrade job-tracker"
+            )
+        conn.exec_driver_sql(schema_sql())
     return SCHEMA_VERSION
 
 
 def check_schema(engine: Engine) -> None:
     """Raise SchemaError unless the database holds exactly our schema version."""
-    try:
-        with engine.connect() as conn:
-            version = installed_version(conn)
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.connect() as conn:
+        version = installed_version(conn)
     if version != SCHEMA_VERSION:
         found = "no job-tracker schema" if version is None else f"schema version {version}"
         raise SchemaError(
@@ -333,11 +337,8 @@ def apply_batch(engine: Engine, jobs: Sequence[JobChange], history: Iterable[His
         "events": _dumps([history_row(h) for h in history]),
         "retried": [c.id for c in jobs if c.retried],
     }
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(APPLY_BATCH, params)
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.begin() as conn:
+        conn.exec_driver_sql(APPLY_BATCH, params)
 
 
 def store_dead_events(engine: Engine, error: str, events: Iterable[dict[str, Any]]) -> None:
@@ -345,17 +346,14 @@ def store_dead_events(engine: Engine, error: str, events: Iterable[dict[str, Any
     rows = [{"error": error[:2000], "event": _dumps(e)} for e in events]
     if not rows:
         return
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO job_tracker_dead_events (error, event) "
-                    "VALUES (:error, CAST(:event AS jsonb))"
-                ),
-                rows,
-            )
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO job_tracker_dead_events (error, event) "
+                "VALUES (:error, CAST(:event AS jsonb))"
+            ),
+            rows,
+        )
 
 
 # ---------------------------------------------------------------- liveness
@@ -377,26 +375,20 @@ def record_heartbeat(engine: Engine, instance: str, pid: int, started_at: dateti
     """Upsert this tracker's liveness row."""
     params = {"instance": instance, "host": socket.gethostname(), "pid": pid,
               "started_at": started_at, **counters}  # fmt: skip
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(HEARTBEAT, params)
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.begin() as conn:
+        conn.exec_driver_sql(HEARTBEAT, params)
 
 
 def forget_instance(engine: Engine, instance: str) -> None:
     """Remove this tracker's liveness row on a clean stop, and rows dead for a week."""
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "DELETE FROM job_tracker_instances WHERE instance = :i "
-                    "OR heartbeat_at < now() - interval '7 days'"
-                ),
-                {"i": instance},
-            )
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "DELETE FROM job_tracker_instances WHERE instance = :i "
+                "OR heartbeat_at < now() - interval '7 days'"
+            ),
+            {"i": instance},
+        )
 
 
 LIST_INSTANCES = """
@@ -409,11 +401,8 @@ ORDER BY heartbeat_at DESC
 
 def list_instances(engine: Engine) -> list[dict[str, Any]]:
     """Liveness rows of all trackers, freshest first."""
-    try:
-        with engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.text(LIST_INSTANCES))]
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(sa.text(LIST_INSTANCES))]
 
 
 # ---------------------------------------------------------------- repair
@@ -432,17 +421,11 @@ PROCESSING_ON = "SELECT id FROM jobs WHERE status = 'PROCESSING' AND worker = :w
 def non_terminal_jobs(engine: Engine, since: datetime, after: str, limit: int) -> list[str]:
     """A page of ids of jobs not yet terminal that started after `since`, in id order."""
     params = {"since": since, "after": after, "limit": limit}
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(NON_TERMINAL_PAGE), params).scalars())
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.connect() as conn:
+        return list(conn.execute(sa.text(NON_TERMINAL_PAGE), params).scalars())
 
 
 def processing_jobs_on(engine: Engine, worker: str) -> list[str]:
     """Ids of jobs PROCESSING on `worker`."""
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(PROCESSING_ON), {"worker": worker}).scalars())
-    except sa.exc.SQLAlchemyError as exc:
-        raise translate(exc) from exc
+    with translated(), engine.connect() as conn:
+        return list(conn.execute(sa.text(PROCESSING_ON), {"worker": worker}).scalars())
