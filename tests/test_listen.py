@@ -85,6 +85,8 @@ def test_bad_messages_are_logged_counted_and_never_fatal(
     summary = wait_for(lambda: [e for e in log_events(listener) if e["event"] == "summary"
                                 and e["skipped"] >= 7], 10)  # fmt: skip
     assert summary[-1]["dead"] == 0
+    assert summary[-1]["messages"] == 8  # every message published above was read
+    assert summary[-1]["events_received"] == len(life.events) + 3  # + progress, custom, worker
     assert listener.popen.poll() is None
 
 

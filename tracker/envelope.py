@@ -61,14 +61,14 @@ class Inbox:
 
     def get(self, timeout: float | None = None) -> Envelope:
         """The oldest envelope; raises queue.Empty after `timeout` seconds."""
-        envelope = self._queue.get(timeout=timeout)
-        with self._lock:
-            self.messages -= envelope.weight
-        return envelope
+        return self._taken(self._queue.get(timeout=timeout))
 
     def get_nowait(self) -> Envelope:
         """The oldest envelope, or queue.Empty at once."""
-        envelope = self._queue.get_nowait()
+        return self._taken(self._queue.get_nowait())
+
+    def _taken(self, envelope: Envelope) -> Envelope:
+        """Count an envelope out of the bound."""
         with self._lock:
             self.messages -= envelope.weight
         return envelope

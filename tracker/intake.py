@@ -3,7 +3,7 @@
 It runs in the main thread and does as little as possible per message: wrap the
 raw body in an Envelope and hand it to the writer. Acknowledgements (AMQP with a
 durable queue) are sent from this thread, since kombu channels are not thread
-safe, once the writer reports that the events they carry are committed.
+safe, once the committer reports that the events they carry are committed.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Intake:
         """The broker URL with its password masked."""
         return mask_broker_url(str(self.app.conf.broker_url or self.settings.broker_url))
 
-    # ------------------------------------------------------------ called by the writer
+    # ------------------------------------------------------------ called by the committer
 
     def committed(self, tokens: list[Any]) -> None:
         """Thread-safe: these messages' events are committed and may be acknowledged."""

@@ -1,11 +1,11 @@
-"""The writer thread: decodes, maps and batches events, and commits them to PostgreSQL.
+"""The writer thread: decodes, maps and batches events for the committer.
 
 The intake thread only hands raw message bodies over (`Envelope`), so reading
-from the broker never waits on the database. A batch is committed in one round
-trip; a failed batch is retried with backoff until it commits (never dropped),
-and a batch PostgreSQL refuses is split until the refused event is isolated and
-kept in `job_tracker_dead_events`. Broker tokens are acknowledged only after the
-commit that holds their events.
+from the broker never waits on the database. The writer replays the spool when
+the inbox is empty, coalesces events per job into batches, and hands each full
+or old batch to the committer thread (tracker.committer), which writes it and
+acknowledges its broker tokens. It also owns the periodic work: the summary log
+line, the liveness row, the missing -E warning and orphaned jobs.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ class Writer(threading.Thread):
         self.engine = engine
         self.settings = settings
         self.inbox = inbox
-        self.on_committed = on_committed
         self.counters = counters or Counters()
         self.context = MappingContext(remote_queues=settings.remote_queues)
         self.workers = WorkerWatch(warn_after=settings.no_task_events_warning)
@@ -258,7 +257,10 @@ class Writer(threading.Thread):
         log.info(
             "summary",
             events_per_s=round(applied / elapsed, 1),
+            messages=self.counters.messages,
+            events_received=self.counters.events,
             events_applied=self.counters.events_applied,
+            batches=self.counters.batches,
             jobs_written=self.counters.jobs_written,
             skipped=self.counters.skipped,
             dead=self.counters.dead,
